@@ -1,0 +1,1 @@
+//! Task layer (in progress).

@@ -1,0 +1,1 @@
+//! `MemoryStore`: placeholder until the memory backend lands.

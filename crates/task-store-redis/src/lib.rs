@@ -1,0 +1,1 @@
+//! `RedisStore`: the Redis backend (in progress).

@@ -1,0 +1,193 @@
+//! The storage traits: [`ThreadReader`], [`ThreadWriter`] and [`ThreadStore`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    AppendRequest, ChangeSet, Committed, Message, MessagePage, MessageQuery, Result, Thread,
+    ThreadHead, ThreadPage, ThreadQuery, VersionPrecondition,
+};
+
+/// Reads threads. See the crate docs for the whole contract.
+#[async_trait]
+pub trait ThreadReader: Send + Sync + Debug + 'static {
+    /// Loads the head of thread `id` (state, metadata, version), without its
+    /// message log. `Ok(None)` when there is no such thread.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an invalid id; `Corrupt` when the record cannot be
+    /// decoded; `Unavailable`/`Timeout` when the backend cannot answer.
+    async fn load(&self, id: &str) -> Result<Option<ThreadHead>>;
+
+    /// Loads a page of thread `id`'s log: messages with `seq > query.after`,
+    /// in order, at most [`effective_limit`](crate::effective_limit)`(query.limit)`.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when there is no such thread; otherwise as [`load`](Self::load).
+    async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage>;
+
+    /// Lists thread ids by parent and/or kind in ascending byte order, after
+    /// `query.after`, from an index: the cost follows the size of the result
+    /// (or of the parent's children when both filters are given), never the
+    /// number of threads stored. Without any filter, lists every thread.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an invalid parent or kind; `Unavailable`/`Timeout`.
+    async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage>;
+}
+
+/// Writes threads. See the crate docs for the whole contract.
+#[async_trait]
+pub trait ThreadWriter: Send + Sync + Debug + 'static {
+    /// Creates a thread at version 1, with its state, metadata and messages,
+    /// in one atomic step.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyExists` when the id is taken (nothing is changed);
+    /// `InvalidInput` for an invalid id, kind, parent or message id.
+    async fn create(&self, thread: Thread) -> Result<Committed>;
+
+    /// Applies a change set to thread `id` atomically: the new state (if
+    /// any), the messages whose id is not already in the log, and the
+    /// finished mark, all or nothing. The version goes up by one if anything
+    /// changed.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the thread does not exist; `VersionConflict` (with the
+    /// expected and the actual version) when an `Exact` precondition fails;
+    /// `InvalidInput` for an invalid id. Nothing is changed on any error.
+    async fn append(
+        &self,
+        id: &str,
+        changes: ChangeSet,
+        precondition: VersionPrecondition,
+    ) -> Result<Committed>;
+
+    /// Applies several appends, each atomic on its own thread and each with
+    /// its own result, in the order given. Not atomic across threads. A
+    /// backend sends them together where it can (one lock, one pipeline).
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>>;
+
+    /// Creates or replaces thread `thread.id` without a precondition: kind,
+    /// parent, metadata, state and finished mark are replaced, the messages
+    /// appended (skipping known ids), and the version goes up by one (or is 1
+    /// for a new thread).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an invalid id.
+    async fn save(&self, thread: Thread) -> Result<Committed>;
+
+    /// Deletes thread `id` with its log and its index entries. Idempotent:
+    /// deleting a missing thread succeeds.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an invalid id; `Unavailable`/`Timeout`.
+    async fn delete(&self, id: &str) -> Result<()>;
+}
+
+/// A full store: [`ThreadReader`] and [`ThreadWriter`]. Implemented for every
+/// type that implements both; use it as `Arc<dyn ThreadStore>`.
+pub trait ThreadStore: ThreadReader + ThreadWriter {}
+
+impl<T: ThreadReader + ThreadWriter + ?Sized> ThreadStore for T {}
+
+macro_rules! forward_store {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        impl<T: ThreadReader + ?Sized> ThreadReader for $ptr<T> {
+            async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
+                (**self).load(id).await
+            }
+            async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
+                (**self).load_messages(id, query).await
+            }
+            async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
+                (**self).list_threads(query).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: ThreadWriter + ?Sized> ThreadWriter for $ptr<T> {
+            async fn create(&self, thread: Thread) -> Result<Committed> {
+                (**self).create(thread).await
+            }
+            async fn append(
+                &self,
+                id: &str,
+                changes: ChangeSet,
+                precondition: VersionPrecondition,
+            ) -> Result<Committed> {
+                (**self).append(id, changes, precondition).await
+            }
+            async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
+                (**self).append_batch(requests).await
+            }
+            async fn save(&self, thread: Thread) -> Result<Committed> {
+                (**self).save(thread).await
+            }
+            async fn delete(&self, id: &str) -> Result<()> {
+                (**self).delete(id).await
+            }
+        }
+    )*};
+}
+
+forward_store!(Arc, Box);
+
+/// Conveniences over any [`ThreadReader`], built only from its required
+/// methods. They live here, not as trait defaults, so that a wrapper can never
+/// inherit one instead of forwarding.
+#[async_trait]
+pub trait ThreadReaderExt: ThreadReader {
+    /// Reads a thread's whole log, page by page.
+    ///
+    /// # Errors
+    ///
+    /// As [`ThreadReader::load_messages`].
+    async fn load_all_messages(&self, id: &str) -> Result<Vec<Message>> {
+        let mut all = Vec::new();
+        let mut query = MessageQuery {
+            after: 0,
+            limit: crate::MAX_PAGE_LIMIT,
+        };
+        loop {
+            let page = self.load_messages(id, query).await?;
+            all.extend(page.messages);
+            match page.next {
+                Some(next) => query.after = next,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Lists every id matching `query`, page by page from `query.after`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ThreadReader::list_threads`].
+    async fn list_all_threads(&self, mut query: ThreadQuery) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        if query.limit == 0 {
+            query.limit = crate::MAX_PAGE_LIMIT;
+        }
+        loop {
+            let page = self.list_threads(query.clone()).await?;
+            all.extend(page.ids);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+}
+
+impl<T: ThreadReader + ?Sized> ThreadReaderExt for T {}
