@@ -1,1 +1,15 @@
-//! Test tools (in progress).
+//! Test tools for thread stores and the task layer built on them.
+//!
+//! - [`conformance`]: the backend conformance suite, one `pub async fn` per
+//!   behaviour, stamped into one `#[tokio::test]` per case by
+//!   [`conformance_tests!`].
+//! - [`FlakyStore`]: a `ThreadStore` wrapper that injects faults from a plan,
+//!   deterministically given a seed.
+//! - [`redis_server`]: a private `redis-server` on a free loopback port, that
+//!   tests can kill and restart.
+
+pub mod conformance;
+mod flaky;
+pub mod redis_server;
+
+pub use flaky::*;

@@ -1,0 +1,1 @@
+//! FlakyStore (in progress).

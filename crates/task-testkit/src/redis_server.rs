@@ -1,0 +1,1 @@
+//! A private redis-server harness (in progress).
