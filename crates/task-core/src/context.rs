@@ -1,0 +1,63 @@
+//! [`TaskContext`]: what a running task gets from the manager.
+
+use std::sync::Weak;
+
+use serde_json::Value;
+use tokio_util::sync::WaitForCancellationFuture;
+
+use crate::manager::Inner;
+use crate::{RunCancellationToken, TaskId};
+
+/// Handed to a task's closure: its identity, its cancellation, and a way to
+/// report output.
+///
+/// A task should watch [`cancelled`](Self::cancelled) (in a `select!`) or
+/// check [`is_cancelled`](Self::is_cancelled) between steps, and return
+/// promptly once cancelled; a task that does not is dropped after the
+/// manager's cancel grace and ends `cancelled` anyway.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub(crate) task_id: TaskId,
+    pub(crate) owner: String,
+    pub(crate) epoch: u64,
+    pub(crate) token: RunCancellationToken,
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl TaskContext {
+    /// The task's id.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// The task's owner.
+    pub fn owner_thread_id(&self) -> &str {
+        &self.owner
+    }
+
+    /// Resolves when the task's cancellation has been requested.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// Whether the task's cancellation has been requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The task's cancellation token, to hand to work it starts (a child
+    /// token of it is cancelled with it).
+    pub fn token(&self) -> &RunCancellationToken {
+        &self.token
+    }
+
+    /// Reports output or progress: subscribers receive it as a
+    /// [`TaskEventKind::Output`](crate::TaskEventKind::Output) event, and with
+    /// a task store it is appended to the task's durable log, in order with
+    /// its transitions. Ignored once the task has finished.
+    pub fn emit(&self, value: Value) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.emit_output(&self.task_id, self.epoch, value);
+        }
+    }
+}

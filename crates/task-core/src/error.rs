@@ -1,0 +1,100 @@
+//! The task layer's error.
+
+use task_store::ThreadStoreError;
+
+use crate::{TaskId, TaskStatus};
+
+/// Why a task operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// No task with this id is visible to the caller. A task of another owner
+    /// gives the same error as a task that does not exist.
+    #[error("Unknown task_id: {task_id}")]
+    UnknownTask {
+        /// The id asked for.
+        task_id: TaskId,
+    },
+
+    /// The task has finished, so it cannot be cancelled.
+    #[error("Task '{task_id}' is not running (current status: {status})")]
+    NotRunning {
+        /// The task.
+        task_id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
+
+    /// `spawn_with_id` of an id whose task is still running.
+    #[error("Task '{task_id}' is already running")]
+    AlreadyRunning {
+        /// The task.
+        task_id: TaskId,
+    },
+
+    /// An id, a description or metadata breaks a documented limit; nothing
+    /// was changed.
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The task cannot be resumed (it is not `stopped`, or its type does not
+    /// support resume).
+    #[error("Task '{task_id}' cannot be resumed: {reason}")]
+    NotResumable {
+        /// The task.
+        task_id: TaskId,
+        /// Why.
+        reason: String,
+    },
+
+    /// The state machine refused a durable transition (a terminal outcome is
+    /// write-once; a write of an older attempt is fenced off).
+    #[error("transition refused for task '{task_id}': {reason}")]
+    Rejected {
+        /// The task.
+        task_id: TaskId,
+        /// Why.
+        reason: crate::Rejection,
+    },
+
+    /// A durable record exists but is not a valid task record.
+    #[error("task '{task_id}' has a corrupt record: {reason}")]
+    Corrupt {
+        /// The task.
+        task_id: TaskId,
+        /// What could not be decoded.
+        reason: String,
+    },
+
+    /// The manager is shutting down and accepts no new tasks.
+    #[error("the task manager is shutting down")]
+    ShuttingDown,
+
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ThreadStoreError),
+}
+
+impl TaskError {
+    /// Whether repeating the operation may succeed (a transient store failure).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_retryable())
+    }
+
+    /// Maps a validation error of the store's id rules.
+    pub(crate) fn from_validation(err: ThreadStoreError) -> Self {
+        match err {
+            ThreadStoreError::InvalidInput { reason } => Self::InvalidInput { reason },
+            other => Self::Store(other),
+        }
+    }
+
+    pub(crate) fn unknown(task_id: &str) -> Self {
+        Self::UnknownTask {
+            task_id: task_id.to_owned(),
+        }
+    }
+}

@@ -1,0 +1,891 @@
+//! [`BackgroundTaskManager`]: the live registry of one process.
+
+mod persist;
+mod registry;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::context::TaskContext;
+use crate::model::{now_ms, type_supports_resume, validate_task_input};
+use crate::state::TaskRecord;
+use crate::{
+    NewTaskSpec, RunCancellationToken, SpawnParams, TaskError, TaskEvent, TaskEventKind, TaskId, TaskResult,
+    TaskStatus, TaskStore, TaskSummary, new_task_id,
+};
+
+use persist::{Backoff, Job, Outbox, Step};
+use registry::{Entry, Registry};
+
+/// The default time a cancelled task gets to return before it is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Which finished tasks a manager keeps, beyond explicit
+/// [`gc_terminal`](BackgroundTaskManager::gc_terminal) calls.
+///
+/// Applied to an owner's tasks whenever one of them finishes and when the
+/// owner's tasks are listed. Only terminal tasks whose writes are resolved and
+/// that nobody is waiting on are ever dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep at most this many terminal tasks per owner (the oldest go first).
+    pub max_terminal_per_owner: Option<usize>,
+    /// Drop terminal tasks that finished longer ago than this.
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    fn is_active(&self) -> bool {
+        self.max_terminal_per_owner.is_some() || self.max_age.is_some()
+    }
+}
+
+/// Configures a [`BackgroundTaskManager`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BackgroundTaskManagerBuilder {
+    task_store: Option<Arc<TaskStore>>,
+    cancel_grace: Duration,
+    retention: RetentionPolicy,
+    backoff: Backoff,
+    event_capacity: usize,
+}
+
+impl Default for BackgroundTaskManagerBuilder {
+    fn default() -> Self {
+        Self {
+            task_store: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            retention: RetentionPolicy::default(),
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_secs(5),
+            },
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl BackgroundTaskManagerBuilder {
+    /// Persists every task's transitions in this store.
+    pub fn task_store(mut self, store: Arc<TaskStore>) -> Self {
+        self.task_store = Some(store);
+        self
+    }
+
+    /// How long a cancelled task may keep running before it is dropped and
+    /// recorded `cancelled` (default [`DEFAULT_CANCEL_GRACE`]).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Which terminal tasks to keep (default: all, until `gc_terminal`).
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
+    }
+
+    /// The delay before the first retry of a failed store write and the cap of
+    /// the doubling delays after it (defaults 20 ms and 5 s).
+    pub fn persistence_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = Backoff {
+            initial,
+            max: max.max(initial),
+        };
+        self
+    }
+
+    /// How many events a slow subscriber may fall behind before it misses
+    /// some (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Builds the manager.
+    pub fn build(self) -> BackgroundTaskManager {
+        let (events, _) = broadcast::channel(self.event_capacity);
+        BackgroundTaskManager {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(Registry::default()),
+                events,
+                cancel_grace: self.cancel_grace,
+                retention: self.retention,
+                outbox: self.task_store.map(|s| Outbox::new(s, self.backoff)),
+            }),
+        }
+    }
+}
+
+/// The live registry of background tasks of one process.
+///
+/// Tasks belong to an owner (usually a conversation thread). Every call names
+/// the owner, and another owner's task looks exactly like an unknown one.
+/// Cloning the manager gives another handle to the same registry.
+///
+/// # Costs
+///
+/// `spawn` takes one short lock and never touches the store. `get`,
+/// `contains` and `cancel` cost O(1); `list`, `list_by_type` and
+/// `gc_terminal` cost the owner's task count; `has_running_tasks` is O(1);
+/// `cancel_tree` costs the size of the tree.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), task_core::TaskError> {
+/// use task_core::{BackgroundTaskManager, TaskResult, TaskStatus};
+/// use serde_json::json;
+///
+/// let manager = BackgroundTaskManager::new();
+/// let id = manager
+///     .spawn("thread-1", "fetch", "fetch the weather", |_ctx| async {
+///         TaskResult::Success(json!({ "temp_c": 21 }))
+///     })
+///     .await?;
+/// let done = manager.wait("thread-1", &id).await.expect("the task is known");
+/// assert_eq!(done.status, TaskStatus::Completed);
+/// assert_eq!(done.result, Some(json!({ "temp_c": 21 })));
+/// // Another owner cannot see it.
+/// assert!(manager.get("thread-2", &id).await.is_none());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BackgroundTaskManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    registry: Mutex<Registry>,
+    events: broadcast::Sender<TaskEvent>,
+    cancel_grace: Duration,
+    retention: RetentionPolicy,
+    outbox: Option<Outbox>,
+}
+
+/// How a task's tokio task ended.
+enum Ended {
+    Returned(TaskResult),
+    Panicked(String),
+    /// Cancelled and still running after the grace period: dropped.
+    Abandoned,
+}
+
+impl Default for BackgroundTaskManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackgroundTaskManager {
+    /// A manager without persistence.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A manager that persists into `task_store` when one is given.
+    pub fn with_task_store(task_store: Option<Arc<TaskStore>>) -> Self {
+        match task_store {
+            Some(store) => Self::builder().task_store(store).build(),
+            None => Self::new(),
+        }
+    }
+
+    /// Configures a manager.
+    pub fn builder() -> BackgroundTaskManagerBuilder {
+        BackgroundTaskManagerBuilder::default()
+    }
+
+    /// The task store this manager persists into, if any.
+    pub fn task_store(&self) -> Option<&Arc<TaskStore>> {
+        self.inner.outbox.as_ref().map(Outbox::store)
+    }
+
+    /// Spawns a task with a generated, time-ordered id and returns the id.
+    ///
+    /// `f` receives the task's [`TaskContext`] and returns the future to run;
+    /// it runs in its own tokio task. The task is `running` until the future
+    /// returns, then takes the status of its [`TaskResult`]. A panic ends it
+    /// `failed` with the panic message.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for an empty, over-long or control-character owner or
+    /// type, or an over-long description; `ShuttingDown` after `shutdown`.
+    pub async fn spawn<F, Fut>(
+        &self,
+        owner: &str,
+        task_type: &str,
+        description: &str,
+        f: F,
+    ) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        let params = SpawnParams {
+            task_id: new_task_id(),
+            owner_thread_id: owner.to_owned(),
+            task_type: task_type.to_owned(),
+            description: description.to_owned(),
+            parent_task_id: None,
+            metadata: Value::Null,
+        };
+        self.spawn_inner(params, RunCancellationToken::new(), f)
+    }
+
+    /// Spawns a task with the caller's id, cancellation token, parent task and
+    /// metadata.
+    ///
+    /// Cancelling `token` is a cancellation request, as `cancel` is. An id
+    /// whose task is still running is refused; an id whose task has finished
+    /// starts a new epoch (the next attempt), and anything the old epoch still
+    /// reports is ignored.
+    ///
+    /// # Errors
+    ///
+    /// `AlreadyRunning` when the id's task is running; `InvalidInput` for bad
+    /// ids, an over-long description or metadata over
+    /// [`MAX_METADATA_BYTES`](crate::MAX_METADATA_BYTES); `ShuttingDown`.
+    pub async fn spawn_with_id<F, Fut>(
+        &self,
+        params: SpawnParams,
+        token: RunCancellationToken,
+        f: F,
+    ) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        self.spawn_inner(params, token, f)
+    }
+
+    fn spawn_inner<F, Fut>(
+        &self,
+        params: SpawnParams,
+        token: RunCancellationToken,
+        f: F,
+    ) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        let SpawnParams {
+            task_id,
+            owner_thread_id: owner,
+            task_type,
+            description,
+            parent_task_id,
+            metadata,
+        } = params;
+        validate_task_input(
+            &task_id,
+            &owner,
+            &task_type,
+            &description,
+            parent_task_id.as_deref(),
+            &metadata,
+        )?;
+        let now = now_ms();
+        let supports_resume = type_supports_resume(&task_type);
+        let start = self.inner.outbox.as_ref().map(|_| {
+            Box::new(TaskRecord::running(
+                NewTaskSpec {
+                    task_id: task_id.clone(),
+                    owner_thread_id: owner.clone(),
+                    task_type: task_type.clone(),
+                    description: description.clone(),
+                    parent_task_id: parent_task_id.clone(),
+                    supports_resume,
+                    metadata: metadata.clone(),
+                },
+                now,
+            ))
+        });
+        let inner = &self.inner;
+        let mut reg = inner.lock();
+        if reg.closed {
+            return Err(TaskError::ShuttingDown);
+        }
+        let (attempt, pending_writes) = match reg.tasks.get(&task_id) {
+            Some(old) if old.summary.status == TaskStatus::Running => {
+                return Err(TaskError::AlreadyRunning { task_id });
+            }
+            Some(old) => (old.summary.attempt + 1, old.pending_writes),
+            None => (1, 0),
+        };
+        if attempt > 1 {
+            reg.remove(&task_id);
+        }
+        let seq = reg.next_seq;
+        reg.next_seq += 1;
+        let ctx = TaskContext {
+            task_id: task_id.clone(),
+            owner: owner.clone(),
+            epoch: seq,
+            token: token.clone(),
+            inner: Arc::downgrade(inner),
+        };
+        let handle = tokio::spawn(run_task(
+            Arc::clone(inner),
+            task_id.clone(),
+            seq,
+            token.clone(),
+            f,
+            ctx,
+        ));
+        let mut entry = Entry {
+            owner,
+            summary: TaskSummary {
+                task_id: task_id.clone(),
+                task_type,
+                description,
+                status: TaskStatus::Running,
+                error: None,
+                result: None,
+                created_at_ms: now,
+                completed_at_ms: None,
+                parent_task_id,
+                supports_resume,
+                attempt,
+                metadata,
+                persistence_error: None,
+            },
+            seq,
+            token,
+            cancel_requested: false,
+            abort: Some(handle.abort_handle()),
+            waiters: 0,
+            notify: None,
+            pending_writes,
+            finished_at: None,
+            output_seq: 0,
+        };
+        if let (Some(outbox), Some(start)) = (&inner.outbox, start) {
+            entry.pending_writes += 1;
+            outbox.enqueue(
+                inner,
+                Job {
+                    task_id: task_id.clone(),
+                    epoch: seq,
+                    step: Step::Start(start),
+                },
+            );
+        }
+        let event = inner.event_for(&entry, TaskEventKind::Spawned);
+        reg.insert(task_id.clone(), entry);
+        drop(reg);
+        inner.send(event);
+        Ok(task_id)
+    }
+
+    /// Requests the cancellation of a running task. The task ends `cancelled`
+    /// whatever it returns; if it does not return within the cancel grace it
+    /// is dropped.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownTask` ("Unknown task_id: <id>") when the owner has no such
+    /// task; `NotRunning` ("Task '<id>' is not running (current status: <s>)")
+    /// when it has finished.
+    pub async fn cancel(&self, owner: &str, task_id: &str) -> Result<(), TaskError> {
+        let mut reg = self.inner.lock();
+        let entry = reg
+            .visible_mut(owner, task_id)
+            .ok_or_else(|| TaskError::unknown(task_id))?;
+        if entry.summary.status != TaskStatus::Running {
+            return Err(TaskError::NotRunning {
+                task_id: task_id.to_owned(),
+                status: entry.summary.status,
+            });
+        }
+        let event = request_cancel(&self.inner, entry);
+        drop(reg);
+        self.inner.send(event);
+        Ok(())
+    }
+
+    /// Cancels a task and every running task of the same owner reachable from
+    /// it through parent links (children, their children...). Safe against
+    /// cycles; costs the size of the tree. Returns the summaries of the tasks
+    /// whose cancellation it requested, root first.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownTask` when the owner has no such task; `NotRunning` when no
+    /// task of the tree is running.
+    pub async fn cancel_tree(
+        &self,
+        owner: &str,
+        task_id: &str,
+    ) -> Result<Vec<TaskSummary>, TaskError> {
+        let mut reg = self.inner.lock();
+        let root_status = reg
+            .visible(owner, task_id)
+            .ok_or_else(|| TaskError::unknown(task_id))?
+            .summary
+            .status;
+        let mut cancelled = Vec::new();
+        let mut events = Vec::new();
+        for id in reg.tree(owner, task_id) {
+            if let Some(entry) = reg.visible_mut(owner, &id)
+                && entry.summary.status == TaskStatus::Running
+            {
+                events.push(request_cancel(&self.inner, entry));
+                cancelled.push(entry.summary.clone());
+            }
+        }
+        drop(reg);
+        if cancelled.is_empty() {
+            return Err(TaskError::NotRunning {
+                task_id: task_id.to_owned(),
+                status: root_status,
+            });
+        }
+        for event in events {
+            self.inner.send(event);
+        }
+        Ok(cancelled)
+    }
+
+    /// The summary of one of the owner's tasks.
+    pub async fn get(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
+        self.inner
+            .lock()
+            .visible(owner, task_id)
+            .map(|e| e.summary.clone())
+    }
+
+    /// Waits until one of the owner's tasks is no longer running (terminal or
+    /// stopped) and returns its summary; `None` when the owner has no such
+    /// task. Waiting never polls, and a task being waited on is never
+    /// collected by retention or `gc_terminal`.
+    pub async fn wait(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
+        let (notify, guard) = {
+            let mut reg = self.inner.lock();
+            let entry = reg.visible_mut(owner, task_id)?;
+            if entry.summary.status.is_finished() {
+                return Some(entry.summary.clone());
+            }
+            entry.waiters += 1;
+            let notify = Arc::clone(entry.notify.get_or_insert_with(Default::default));
+            let guard = WaiterGuard {
+                inner: Arc::clone(&self.inner),
+                task_id: task_id.to_owned(),
+                epoch: entry.seq,
+            };
+            (notify, guard)
+        };
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let reg = self.inner.lock();
+                match reg.tasks.get(task_id) {
+                    Some(e) if e.seq == guard.epoch => {
+                        if e.summary.status.is_finished() {
+                            return Some(e.summary.clone());
+                        }
+                    }
+                    // Collected or re-spawned meanwhile: report what is there.
+                    other => return other.filter(|e| e.owner == owner).map(|e| e.summary.clone()),
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The owner's tasks in creation order, optionally only those with
+    /// `status`.
+    pub async fn list(&self, owner: &str, status: Option<TaskStatus>) -> Vec<TaskSummary> {
+        self.list_filtered(owner, |s| status.is_none_or(|st| s.status == st))
+    }
+
+    /// The owner's tasks of one type, optionally only those with `status`.
+    pub async fn list_by_type(
+        &self,
+        owner: &str,
+        task_type: &str,
+        status: Option<TaskStatus>,
+    ) -> Vec<TaskSummary> {
+        self.list_filtered(owner, |s| {
+            s.task_type == task_type && status.is_none_or(|st| s.status == st)
+        })
+    }
+
+    fn list_filtered(&self, owner: &str, keep: impl Fn(&TaskSummary) -> bool) -> Vec<TaskSummary> {
+        let mut reg = self.inner.lock();
+        self.inner.enforce_retention(&mut reg, owner);
+        let Some(index) = reg.owners.get(owner) else {
+            return Vec::new();
+        };
+        index
+            .order
+            .values()
+            .filter_map(|id| reg.tasks.get(id))
+            .map(|e| &e.summary)
+            .filter(|s| keep(s))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether the owner has a running task. O(1).
+    pub async fn has_running_tasks(&self, owner: &str) -> bool {
+        self.inner
+            .lock()
+            .owners
+            .get(owner)
+            .is_some_and(|o| o.running > 0)
+    }
+
+    /// Drops the owner's terminal tasks whose writes are resolved and that
+    /// nobody waits on; returns how many were dropped.
+    pub async fn gc_terminal(&self, owner: &str) -> usize {
+        let mut reg = self.inner.lock();
+        let ids = reg.collectable(owner);
+        for id in &ids {
+            reg.remove(id);
+        }
+        ids.len()
+    }
+
+    /// Whether the owner has a task with this id.
+    pub async fn contains(&self, owner: &str, task_id: &str) -> bool {
+        self.inner.lock().visible(owner, task_id).is_some()
+    }
+
+    /// Whether any owner has a task with this id.
+    pub async fn contains_any(&self, task_id: &str) -> bool {
+        self.inner.lock().tasks.contains_key(task_id)
+    }
+
+    /// Sets a task's status from outside (for example when the work it stands
+    /// for was finished by other means). A running task set to another status
+    /// has its cancellation requested (so its work stops) and whatever it
+    /// returns later is ignored. Returns `false` when the id is unknown, the
+    /// status is `running`, or the task is already terminal (terminal outcomes
+    /// are write-once).
+    pub async fn update_status(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        error: Option<String>,
+    ) -> bool {
+        if status == TaskStatus::Running {
+            return false;
+        }
+        let inner = &self.inner;
+        let mut reg = inner.lock();
+        let Some(entry) = reg.tasks.get_mut(task_id) else {
+            return false;
+        };
+        let was = entry.summary.status;
+        if was.is_terminal() || was == status {
+            return false;
+        }
+        let owner = entry.owner.clone();
+        let event = inner.settle(entry, status, None, error);
+        entry.token.cancel();
+        if was == TaskStatus::Running {
+            reg.mark_not_running(&owner);
+        }
+        inner.enforce_retention(&mut reg, &owner);
+        drop(reg);
+        inner.send(event);
+        true
+    }
+
+    /// Subscribes to every task event of this manager from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Waits until every store write queued so far is durable or has failed
+    /// permanently. Returns at once without a task store.
+    pub async fn flush(&self) {
+        if let Some(outbox) = &self.inner.outbox {
+            outbox.flush().await;
+        }
+    }
+}
+
+/// Decrements an entry's waiter count when a `wait` ends, even by drop.
+struct WaiterGuard {
+    inner: Arc<Inner>,
+    task_id: TaskId,
+    epoch: u64,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        let mut reg = self.inner.lock();
+        if let Some(e) = reg.tasks.get_mut(&self.task_id)
+            && e.seq == self.epoch
+        {
+            e.waiters = e.waiters.saturating_sub(1);
+        }
+    }
+}
+
+/// Marks a running entry's cancellation requested and cancels its token.
+fn request_cancel(inner: &Inner, entry: &mut Entry) -> Option<TaskEvent> {
+    if entry.cancel_requested {
+        return None;
+    }
+    entry.cancel_requested = true;
+    entry.token.cancel();
+    inner.event_for(entry, TaskEventKind::CancelRequested)
+}
+
+/// Runs one task to its end and records the outcome.
+async fn run_task<F, Fut>(
+    inner: Arc<Inner>,
+    task_id: TaskId,
+    epoch: u64,
+    token: RunCancellationToken,
+    f: F,
+    ctx: TaskContext,
+) where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    let grace = inner.cancel_grace;
+    let work = AssertUnwindSafe(async move { f(ctx).await }).catch_unwind();
+    let ended = tokio::select! {
+        biased;
+        outcome = work => match outcome {
+            Ok(result) => Ended::Returned(result),
+            Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
+        },
+        () = async {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => Ended::Abandoned,
+    };
+    inner.finish(&task_id, epoch, ended);
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // The registry is consistent at every unlock: no code panics while
+        // holding it half-changed, so a poisoned lock is still usable.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An event for `entry`, if anybody listens.
+    fn event_for(&self, entry: &Entry, kind: TaskEventKind) -> Option<TaskEvent> {
+        (self.events.receiver_count() > 0).then(|| TaskEvent {
+            owner_thread_id: entry.owner.clone(),
+            task_id: entry.summary.task_id.clone(),
+            attempt: entry.summary.attempt,
+            kind,
+        })
+    }
+
+    fn send(&self, event: Option<TaskEvent>) {
+        if let Some(event) = event {
+            // No receiver is not an error: nobody asked to be told.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Records the end of epoch `epoch` of a task. Late reports of an older
+    /// epoch, and reports after an outside `update_status`, are ignored.
+    fn finish(self: &Arc<Self>, task_id: &str, epoch: u64, ended: Ended) {
+        let mut reg = self.lock();
+        let Some(entry) = reg.tasks.get_mut(task_id) else {
+            return;
+        };
+        if entry.seq != epoch || entry.summary.status != TaskStatus::Running {
+            return;
+        }
+        let cancelled = entry.cancel_requested || entry.token.is_cancelled();
+        let (status, result, error) = match ended {
+            Ended::Abandoned => (
+                TaskStatus::Cancelled,
+                None,
+                Some(format!(
+                    "did not stop within the cancel grace of {:?}; dropped",
+                    self.cancel_grace
+                )),
+            ),
+            _ if cancelled => (TaskStatus::Cancelled, None, None),
+            Ended::Returned(TaskResult::Success(v)) => (TaskStatus::Completed, Some(v), None),
+            Ended::Returned(TaskResult::Failed(e)) => (TaskStatus::Failed, None, Some(e)),
+            Ended::Returned(TaskResult::Cancelled) => (TaskStatus::Cancelled, None, None),
+            Ended::Returned(TaskResult::Stopped) => (TaskStatus::Stopped, None, None),
+            Ended::Panicked(message) => (
+                TaskStatus::Failed,
+                None,
+                Some(format!("task panicked: {message}")),
+            ),
+        };
+        entry.abort = None;
+        let owner = entry.owner.clone();
+        let event = self.settle(entry, status, result, error);
+        reg.mark_not_running(&owner);
+        self.enforce_retention(&mut reg, &owner);
+        drop(reg);
+        self.send(event);
+    }
+
+    /// Writes a finished outcome into an entry, wakes its waiters and queues
+    /// the durable write. The caller fixes the owner's running count.
+    fn settle(
+        self: &Arc<Self>,
+        entry: &mut Entry,
+        status: TaskStatus,
+        result: Option<Value>,
+        error: Option<String>,
+    ) -> Option<TaskEvent> {
+        let at_ms = now_ms();
+        entry.summary.status = status;
+        entry.summary.result = result;
+        entry.summary.error = error;
+        entry.summary.completed_at_ms = Some(at_ms);
+        entry.finished_at = Some(Instant::now());
+        if let Some(notify) = &entry.notify {
+            notify.notify_waiters();
+        }
+        if let Some(outbox) = &self.outbox {
+            entry.pending_writes += 1;
+            outbox.enqueue(
+                self,
+                Job {
+                    task_id: entry.summary.task_id.clone(),
+                    epoch: entry.seq,
+                    step: Step::Finish {
+                        status,
+                        result: entry.summary.result.clone(),
+                        error: entry.summary.error.clone(),
+                        at_ms,
+                    },
+                },
+            );
+        }
+        self.event_for(entry, TaskEventKind::Finished { status })
+    }
+
+    /// Output reported by a running task.
+    pub(crate) fn emit_output(self: &Arc<Self>, task_id: &str, epoch: u64, value: Value) {
+        let mut reg = self.lock();
+        let Some(entry) = reg.tasks.get_mut(task_id) else {
+            return;
+        };
+        if entry.seq != epoch || entry.summary.status != TaskStatus::Running {
+            return;
+        }
+        let event = self.event_for(entry, TaskEventKind::Output(value.clone()));
+        if let Some(outbox) = &self.outbox {
+            entry.output_seq += 1;
+            entry.pending_writes += 1;
+            outbox.enqueue(
+                self,
+                Job {
+                    task_id: task_id.to_owned(),
+                    epoch,
+                    step: Step::Output {
+                        seq: entry.output_seq,
+                        value,
+                    },
+                },
+            );
+        }
+        drop(reg);
+        self.send(event);
+    }
+
+    /// The outbox reports a write: `resolved` steps are durable or given up;
+    /// `error` is the write's error, if it failed (`permanent` or retried).
+    fn on_written(
+        &self,
+        task_id: &str,
+        epoch: u64,
+        resolved: usize,
+        attempt: Option<u32>,
+        error: Option<(String, bool)>,
+        drained: bool,
+    ) {
+        let mut reg = self.lock();
+        let Some(entry) = reg.tasks.get_mut(task_id) else {
+            return;
+        };
+        let resolved = u32::try_from(resolved).unwrap_or(u32::MAX);
+        entry.pending_writes = entry.pending_writes.saturating_sub(resolved);
+        if entry.seq != epoch {
+            return;
+        }
+        if let Some(attempt) = attempt {
+            entry.summary.attempt = attempt;
+        }
+        let kind = match error {
+            Some((error, permanent)) => {
+                entry.summary.persistence_error = Some(error.clone());
+                TaskEventKind::PersistenceFailed { error, permanent }
+            }
+            None if drained => {
+                entry.summary.persistence_error = None;
+                TaskEventKind::Persisted
+            }
+            None => return,
+        };
+        let owner = entry.owner.clone();
+        let event = self.event_for(entry, kind);
+        self.enforce_retention(&mut reg, &owner);
+        drop(reg);
+        self.send(event);
+    }
+
+    /// Drops the owner's terminal tasks that the retention policy no longer
+    /// keeps. Costs the owner's task count, and nothing without a policy.
+    fn enforce_retention(&self, reg: &mut Registry, owner: &str) {
+        if !self.retention.is_active() {
+            return;
+        }
+        let now = Instant::now();
+        let collectable = reg.collectable(owner);
+        let mut keep = collectable.len();
+        let max_keep = self.retention.max_terminal_per_owner.unwrap_or(usize::MAX);
+        for id in collectable {
+            let expired = match (self.retention.max_age, reg.tasks.get(&id)) {
+                (Some(age), Some(e)) => e.finished_at.is_some_and(|t| now - t >= age),
+                _ => false,
+            };
+            if expired || keep > max_keep {
+                reg.remove(&id);
+                keep -= 1;
+            }
+        }
+    }
+}
+
+/// Compile-time checks that handles and futures can cross threads.
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is_send_sync<T: Send + Sync>() {}
+    fn is_send<T: Send>(_: &T) {}
+    is_send_sync::<BackgroundTaskManager>();
+    is_send_sync::<TaskContext>();
+    let m = BackgroundTaskManager::new();
+    is_send(&m.wait("o", "t"));
+    is_send(&m.flush());
+    is_send(&m.spawn("o", "t", "d", |_| async { TaskResult::Cancelled }));
+}

@@ -1,0 +1,440 @@
+//! The persistence outbox: the manager's transitions reach the task store
+//! in order per task, off the spawn path, retried with bounded exponential
+//! backoff and jitter until they are durable or can never be.
+//!
+//! The manager queues [`Step`]s (under its registry lock, so a task's steps
+//! are queued in the order they happened). One background writer task owns
+//! the queues: it writes the queued steps of a task in one compare-and-swap
+//! write (a short task's start and finish become one `create`), runs writes
+//! of different tasks concurrently (so a remote store sees them pipelined),
+//! and reports each result back to the registry.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::time::DelayQueue;
+
+use crate::state::{Outcome, TaskRecord, Transition, apply};
+use crate::task_store::{Plan, VersionedRecord, audit_message, output_message};
+use crate::{TaskError, TaskId, TaskStatus, TaskStore};
+
+use super::Inner;
+
+/// Writes of different tasks in flight at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// Steps of one task written together.
+const MAX_STEPS_PER_WRITE: usize = 32;
+
+/// One durable change the manager wants written.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    /// The task started (the record to create if none exists).
+    Start(Box<TaskRecord>),
+    /// The attempt finished.
+    Finish {
+        status: TaskStatus,
+        result: Option<Value>,
+        error: Option<String>,
+        at_ms: u64,
+    },
+    /// The task emitted output.
+    Output { seq: u64, value: Value },
+}
+
+/// A step of one task, tagged with the manager's epoch of that task.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) task_id: TaskId,
+    pub(crate) epoch: u64,
+    pub(crate) step: Step,
+}
+
+/// Retry timing of failed writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `failures` (from 1): doubling from
+    /// `initial`, capped at `max`, with "equal jitter" (between half and all
+    /// of it) so that many failed writes do not retry in lockstep.
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// The manager's side of the outbox.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    store: Arc<TaskStore>,
+    backoff: Backoff,
+    sender: OnceLock<mpsc::UnboundedSender<Job>>,
+    pending: Arc<Pending>,
+}
+
+/// Steps queued and not yet resolved (durable or given up).
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Pending {
+    fn resolve(&self, n: usize) {
+        if self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+impl Outbox {
+    pub(crate) fn new(store: Arc<TaskStore>, backoff: Backoff) -> Self {
+        Self {
+            store,
+            backoff,
+            sender: OnceLock::new(),
+            pending: Arc::default(),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<TaskStore> {
+        &self.store
+    }
+
+    /// Queues a step. Must be called inside a tokio runtime (the writer is
+    /// started on first use) and under the registry lock, which orders the
+    /// steps of a task.
+    pub(crate) fn enqueue(&self, inner: &Arc<Inner>, job: Job) {
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
+        let sender = self.sender.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let writer = Writer {
+                store: Arc::clone(&self.store),
+                backoff: self.backoff,
+                inner: Arc::downgrade(inner),
+                pending: Arc::clone(&self.pending),
+                queues: HashMap::new(),
+                ready: VecDeque::new(),
+                delays: DelayQueue::new(),
+            };
+            tokio::spawn(writer.run(rx));
+            tx
+        });
+        if sender.send(job).is_err() {
+            // The writer is gone (its runtime shut down): nothing can be
+            // written any more; do not let `flush` wait for it.
+            tracing::error!("task persistence writer has stopped; a step is dropped");
+            self.pending.resolve(1);
+        }
+    }
+
+    /// Waits until every queued step is durable or given up.
+    pub(crate) async fn flush(&self) {
+        loop {
+            let notified = self.pending.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What the writer knows about a task's durable record.
+#[derive(Debug, Default)]
+struct TaskQueue {
+    steps: VecDeque<(u64, Step)>,
+    in_flight: bool,
+    delayed: bool,
+    failures: u32,
+    /// The durable attempt of the epoch being written, once its start is durable.
+    attempt: Option<u32>,
+    /// The record and version last written, to skip a load next time.
+    cached: Option<VersionedRecord>,
+}
+
+/// The result of one write, as reported back to the writer loop.
+struct Written {
+    task_id: TaskId,
+    epoch: u64,
+    steps: usize,
+    result: Result<(Option<u32>, VersionedRecord), TaskError>,
+}
+
+struct Writer {
+    store: Arc<TaskStore>,
+    backoff: Backoff,
+    inner: Weak<Inner>,
+    pending: Arc<Pending>,
+    queues: HashMap<TaskId, TaskQueue>,
+    ready: VecDeque<TaskId>,
+    delays: DelayQueue<TaskId>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            while in_flight.len() < MAX_IN_FLIGHT {
+                let Some(task_id) = self.ready.pop_front() else {
+                    break;
+                };
+                if let Some(write) = self.start_write(task_id) {
+                    in_flight.push(write);
+                }
+            }
+            if !open && self.queues.is_empty() {
+                return;
+            }
+            tokio::select! {
+                job = rx.recv(), if open => match job {
+                    Some(job) => {
+                        self.accept(job);
+                        while let Ok(job) = rx.try_recv() {
+                            self.accept(job);
+                        }
+                    }
+                    None => open = false,
+                },
+                Some(written) = in_flight.next() => self.finish_write(written),
+                Some(expired) = self.delays.next() => {
+                    let task_id = expired.into_inner();
+                    if let Some(q) = self.queues.get_mut(&task_id) {
+                        q.delayed = false;
+                        self.ready.push_back(task_id);
+                    }
+                }
+                else => {
+                    // Nothing can make progress: the channel is closed, and
+                    // nothing is in flight or delayed.
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, job: Job) {
+        let q = self.queues.entry(job.task_id.clone()).or_default();
+        let idle = q.steps.is_empty() && !q.in_flight && !q.delayed;
+        q.steps.push_back((job.epoch, job.step));
+        if idle {
+            self.ready.push_back(job.task_id);
+        }
+    }
+
+    fn start_write(
+        &mut self,
+        task_id: TaskId,
+    ) -> Option<impl Future<Output = Written> + use<>> {
+        let q = self.queues.get_mut(&task_id)?;
+        if q.in_flight || q.delayed || q.steps.is_empty() {
+            return None;
+        }
+        let epoch = q.steps[0].0;
+        // Steps of one epoch only: a new epoch starts with its own `Start`.
+        let steps: Vec<Step> = q
+            .steps
+            .iter()
+            .take_while(|(e, _)| *e == epoch)
+            .take(MAX_STEPS_PER_WRITE)
+            .map(|(_, s)| s.clone())
+            .collect();
+        if matches!(steps[0], Step::Start(_)) {
+            q.attempt = None;
+        }
+        q.in_flight = true;
+        let store = Arc::clone(&self.store);
+        let attempt = q.attempt;
+        let cached = q.cached.take();
+        Some(async move {
+            let n = steps.len();
+            let result = write_steps(&store, &task_id, attempt, cached, &steps).await;
+            Written {
+                task_id,
+                epoch,
+                steps: n,
+                result,
+            }
+        })
+    }
+
+    fn finish_write(&mut self, written: Written) {
+        let Written {
+            task_id,
+            epoch,
+            steps,
+            result,
+        } = written;
+        let Some(q) = self.queues.get_mut(&task_id) else {
+            return;
+        };
+        q.in_flight = false;
+        let inner = self.inner.upgrade();
+        match result {
+            Ok((attempt, record)) => {
+                q.steps.drain(..steps);
+                q.failures = 0;
+                q.attempt = attempt;
+                let finished = record.record.status.is_finished();
+                q.cached = Some(record);
+                let drained = q.steps.is_empty();
+                if drained && finished {
+                    self.queues.remove(&task_id);
+                } else if !drained {
+                    self.ready.push_back(task_id.clone());
+                }
+                self.pending.resolve(steps);
+                if let Some(inner) = inner {
+                    inner.on_written(&task_id, epoch, steps, attempt, None, drained);
+                }
+            }
+            Err(error) if is_permanent(&error) => {
+                tracing::warn!(task_id = %task_id, %error, "task write given up");
+                q.steps.drain(..steps);
+                q.failures = 0;
+                let drained = q.steps.is_empty();
+                if drained {
+                    self.queues.remove(&task_id);
+                } else {
+                    self.ready.push_back(task_id.clone());
+                }
+                self.pending.resolve(steps);
+                if let Some(inner) = inner {
+                    let message = error.to_string();
+                    inner.on_written(&task_id, epoch, steps, None, Some((message, true)), drained);
+                }
+            }
+            Err(error) => {
+                q.failures += 1;
+                q.delayed = true;
+                let delay = self.backoff.delay(q.failures);
+                tracing::debug!(task_id = %task_id, %error, ?delay, "task write failed; retrying");
+                self.delays.insert(task_id.clone(), delay);
+                if let Some(inner) = inner {
+                    inner.on_written(&task_id, epoch, 0, None, Some((error.to_string(), false)), false);
+                }
+            }
+        }
+    }
+}
+
+/// Errors that no retry can fix: the state machine refused the write, the
+/// input or the stored record is invalid.
+fn is_permanent(error: &TaskError) -> bool {
+    use task_store::ThreadStoreError as S;
+    match error {
+        TaskError::Store(e) => matches!(
+            e,
+            S::InvalidInput { .. } | S::Corrupt { .. } | S::Unsupported { .. }
+        ),
+        TaskError::Rejected { .. }
+        | TaskError::Corrupt { .. }
+        | TaskError::InvalidInput { .. }
+        | TaskError::UnknownTask { .. } => true,
+        _ => false,
+    }
+}
+
+/// Writes `steps` of one epoch of a task in one compare-and-swap write.
+/// Returns the durable attempt of the epoch and the record as written.
+async fn write_steps(
+    store: &TaskStore,
+    task_id: &str,
+    attempt: Option<u32>,
+    cached: Option<VersionedRecord>,
+    steps: &[Step],
+) -> Result<(Option<u32>, VersionedRecord), TaskError> {
+    let mut resolved = attempt;
+    let written = store
+        .cas(task_id, cached, |current| {
+            let mut record = current.cloned();
+            let mut attempt = attempt;
+            let mut changed = false;
+            let mut messages = Vec::new();
+            for step in steps {
+                let transition = match step {
+                    Step::Start(start) => Transition::Start {
+                        record: start.clone(),
+                    },
+                    Step::Finish {
+                        status,
+                        result,
+                        error,
+                        at_ms,
+                    } => Transition::Finish {
+                        attempt: attempt.or(record.as_ref().map(|r| r.attempt)).unwrap_or(1),
+                        status: *status,
+                        result: result.clone(),
+                        error: error.clone(),
+                        at_ms: *at_ms,
+                    },
+                    Step::Output { seq, value } => {
+                        let a = attempt.or(record.as_ref().map(|r| r.attempt)).unwrap_or(1);
+                        messages.push(output_message(a, *seq, value.clone()));
+                        continue;
+                    }
+                };
+                match apply(record.as_ref(), &transition) {
+                    Outcome::Applied(next) => {
+                        messages.push(audit_message(&transition, &next));
+                        record = Some(next);
+                        changed = true;
+                    }
+                    Outcome::AlreadyApplied => {}
+                    Outcome::Rejected(reason) => {
+                        return Err(TaskError::Rejected {
+                            task_id: task_id.to_owned(),
+                            reason,
+                        });
+                    }
+                }
+                if matches!(step, Step::Start(_)) {
+                    attempt = record.as_ref().map(|r| r.attempt);
+                }
+            }
+            resolved = attempt;
+            Ok(Plan {
+                record: if changed { record } else { None },
+                messages,
+            })
+        })
+        .await?;
+    Ok((resolved.or(Some(written.record.attempt)), written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            let d3 = b.delay(3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            let d30 = b.delay(30);
+            assert!(d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2), "{d30:?}");
+        }
+    }
+}

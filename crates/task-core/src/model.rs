@@ -1,0 +1,242 @@
+//! The task model: ids, statuses, results, summaries and spawn parameters.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::TaskError;
+
+/// A task's id. Generated ids come from [`new_task_id`]; callers may choose
+/// their own with [`SpawnParams`].
+pub type TaskId = String;
+
+/// The cancellation token a task observes. Cancelling it is a cancellation
+/// request: the task ends `cancelled` whatever it returns.
+pub type RunCancellationToken = tokio_util::sync::CancellationToken;
+
+/// The longest task id accepted, in bytes. Shorter than the store's id limit
+/// because the task's thread id is `task:<id>`.
+pub const MAX_TASK_ID_LEN: usize = 200;
+
+/// The longest owner id, task type or parent task id accepted, in bytes.
+pub const MAX_NAME_LEN: usize = task_store::MAX_ID_LEN;
+
+/// The longest description accepted, in bytes.
+pub const MAX_DESCRIPTION_LEN: usize = 16 * 1024;
+
+/// The largest metadata accepted, in bytes of its JSON encoding.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// A new, unique, time-ordered task id (a UUIDv7 in lowercase hex): ids
+/// generated later sort after ids generated earlier.
+pub fn new_task_id() -> TaskId {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Started and not finished.
+    Running,
+    /// Finished with a result. Terminal.
+    Completed,
+    /// Finished with an error (including a panic). Terminal.
+    Failed,
+    /// Ended by a cancellation request. Terminal.
+    Cancelled,
+    /// Interrupted and resumable: not terminal, a later attempt may resume it.
+    Stopped,
+}
+
+impl TaskStatus {
+    /// The lowercase name, as serialized: `"running"`, `"completed"`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// Whether no later write can change this outcome: completed, failed
+    /// or cancelled. `stopped` is not terminal (it can be resumed).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// Whether the task is no longer running (terminal or stopped).
+    pub fn is_finished(self) -> bool {
+        self != Self::Running
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a task's future returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskResult {
+    /// It succeeded with this value: the task ends `completed`.
+    Success(Value),
+    /// It failed with this message: the task ends `failed`.
+    Failed(String),
+    /// It gave up after seeing its cancellation: the task ends `cancelled`.
+    Cancelled,
+    /// It was interrupted and can be resumed: the task ends `stopped`.
+    Stopped,
+}
+
+impl TaskResult {
+    /// The status a task ends with when its future returns this result
+    /// (unless a cancellation was requested, which makes it `cancelled`).
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Self::Success(_) => TaskStatus::Completed,
+            Self::Failed(_) => TaskStatus::Failed,
+            Self::Cancelled => TaskStatus::Cancelled,
+            Self::Stopped => TaskStatus::Stopped,
+        }
+    }
+}
+
+/// What the manager reports about one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// Its type (`"shell"`, `"agent_run"`...).
+    pub task_type: String,
+    /// Its description, for people.
+    pub description: String,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// Its result, when it completed.
+    pub result: Option<Value>,
+    /// When it was spawned, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it finished, in milliseconds since the Unix epoch.
+    pub completed_at_ms: Option<u64>,
+    /// The task that spawned it, if any.
+    pub parent_task_id: Option<TaskId>,
+    /// Whether it can be resumed after an interruption (`agent_run` tasks).
+    pub supports_resume: bool,
+    /// Its attempt number, from 1; a resume or a re-spawn of the same id
+    /// starts the next one.
+    pub attempt: u32,
+    /// The caller's metadata.
+    pub metadata: Value,
+    /// The last error of a write to the task store that has not yet
+    /// succeeded; `None` when every write is durable (or no store is used).
+    pub persistence_error: Option<String>,
+}
+
+/// Parameters of [`BackgroundTaskManager::spawn_with_id`](crate::BackgroundTaskManager::spawn_with_id).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpawnParams {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// The owner (usually a conversation thread).
+    pub owner_thread_id: String,
+    /// The task's type.
+    pub task_type: String,
+    /// Its description.
+    pub description: String,
+    /// The task that spawns it, for [`cancel_tree`](crate::BackgroundTaskManager::cancel_tree).
+    pub parent_task_id: Option<TaskId>,
+    /// Free-form metadata (JSON), at most [`MAX_METADATA_BYTES`] encoded.
+    pub metadata: Value,
+}
+
+/// A task record created ahead of a spawn with
+/// [`TaskStore::create_task`](crate::TaskStore::create_task).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewTaskSpec {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// The owner.
+    pub owner_thread_id: String,
+    /// The task's type.
+    pub task_type: String,
+    /// Its description.
+    pub description: String,
+    /// The task that spawns it.
+    pub parent_task_id: Option<TaskId>,
+    /// Whether it can be resumed after an interruption.
+    pub supports_resume: bool,
+    /// Free-form metadata (JSON).
+    pub metadata: Value,
+}
+
+/// Whether tasks of this type can be resumed by default.
+pub(crate) fn type_supports_resume(task_type: &str) -> bool {
+    task_type == "agent_run"
+}
+
+/// Checks the caller-supplied fields of a task before anything is changed.
+pub(crate) fn validate_task_input(
+    task_id: &str,
+    owner: &str,
+    task_type: &str,
+    description: &str,
+    parent_task_id: Option<&str>,
+    metadata: &Value,
+) -> Result<(), TaskError> {
+    validate_task_id(task_id)?;
+    validate_owner(owner)?;
+    task_store::validate_id("task type", task_type).map_err(TaskError::from_validation)?;
+    if let Some(parent) = parent_task_id {
+        validate_task_id(parent)?;
+    }
+    if description.len() > MAX_DESCRIPTION_LEN {
+        return Err(TaskError::InvalidInput {
+            reason: format!(
+                "description is {} bytes long; the limit is {MAX_DESCRIPTION_LEN}",
+                description.len()
+            ),
+        });
+    }
+    if !metadata.is_null() {
+        let size = serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len());
+        if size > MAX_METADATA_BYTES {
+            return Err(TaskError::InvalidInput {
+                reason: format!(
+                    "metadata is {size} bytes encoded; the limit is {MAX_METADATA_BYTES}"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a task id: the store's id rules, at most [`MAX_TASK_ID_LEN`] bytes.
+pub(crate) fn validate_task_id(task_id: &str) -> Result<(), TaskError> {
+    task_store::validate_id("task id", task_id).map_err(TaskError::from_validation)?;
+    if task_id.len() > MAX_TASK_ID_LEN {
+        return Err(TaskError::InvalidInput {
+            reason: format!(
+                "task id is {} bytes long; the limit is {MAX_TASK_ID_LEN}",
+                task_id.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks an owner id with the store's id rules.
+pub(crate) fn validate_owner(owner: &str) -> Result<(), TaskError> {
+    task_store::validate_id("owner", owner).map_err(TaskError::from_validation)
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,376 @@
+//! The durable task record and the pure state machine that changes it.
+//!
+//! Every durable change to a task is a [`Transition`] applied to its current
+//! [`TaskRecord`] by [`apply`], which returns a [`Transition`]'s
+//! [`Outcome`]: the new record, "already applied" (the change is in the
+//! record: a retried write), or a [`Rejection`]. The function is pure: the
+//! caller loads, applies, and writes with a version precondition.
+//!
+//! # Invariants
+//!
+//! - A terminal status (`completed`, `failed`, `cancelled`) is never left
+//!   within an attempt: no later transition replaces it. Only a new attempt
+//!   (a re-spawn of the id) starts over.
+//! - A transition names the attempt it belongs to; one of an older attempt is
+//!   rejected (fencing), so a late write of attempt `n` cannot overwrite
+//!   attempt `n + 1`.
+//! - `stopped` is not terminal: it can be resumed (attempt `n + 1`), cancelled
+//!   or failed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{NewTaskSpec, TaskId, TaskStatus};
+
+/// A lease on a running task: which manager instance runs it, and until when
+/// that claim holds unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holder's instance id.
+    pub holder: String,
+    /// When the lease expires, in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// A task as it is stored durably (the state of thread `task:<id>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task's id.
+    pub task_id: TaskId,
+    /// Its owner.
+    pub owner_thread_id: String,
+    /// Its type.
+    pub task_type: String,
+    /// Its description.
+    pub description: String,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Its result, when it completed.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// The task that spawned it.
+    #[serde(default)]
+    pub parent_task_id: Option<TaskId>,
+    /// Whether it can be resumed.
+    #[serde(default)]
+    pub supports_resume: bool,
+    /// Its attempt, from 1.
+    pub attempt: u32,
+    /// The caller's metadata.
+    #[serde(default)]
+    pub metadata: Value,
+    /// When the current attempt started (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When the record last changed.
+    pub updated_at_ms: u64,
+    /// When the current attempt finished.
+    #[serde(default)]
+    pub completed_at_ms: Option<u64>,
+    /// When a cancellation was requested, if one was.
+    #[serde(default)]
+    pub cancel_requested_at_ms: Option<u64>,
+    /// Who runs it, while it runs.
+    #[serde(default)]
+    pub lease: Option<Lease>,
+}
+
+impl TaskRecord {
+    /// A record of a task that starts running now, as attempt 1.
+    pub(crate) fn running(spec: NewTaskSpec, now_ms: u64) -> Self {
+        Self {
+            task_id: spec.task_id,
+            owner_thread_id: spec.owner_thread_id,
+            task_type: spec.task_type,
+            description: spec.description,
+            status: TaskStatus::Running,
+            error: None,
+            result: None,
+            parent_task_id: spec.parent_task_id,
+            supports_resume: spec.supports_resume,
+            attempt: 1,
+            metadata: spec.metadata,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            completed_at_ms: None,
+            cancel_requested_at_ms: None,
+            lease: None,
+        }
+    }
+}
+
+/// A durable change to a task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// A manager starts running the task described by `record` (attempt 1 if
+    /// no record exists). On an existing `running` record the manager adopts
+    /// it (a record created ahead with `TaskStore::create_task`); on a
+    /// finished one it starts the next attempt.
+    Start {
+        /// The record to create when none exists.
+        record: Box<TaskRecord>,
+    },
+    /// The attempt ended with this outcome.
+    Finish {
+        /// The attempt that ended.
+        attempt: u32,
+        /// Its status: anything but `running`.
+        status: TaskStatus,
+        /// Its result.
+        result: Option<Value>,
+        /// Its error.
+        error: Option<String>,
+        /// When (ms since the Unix epoch).
+        at_ms: u64,
+    },
+    /// A cancellation of the attempt was requested.
+    RequestCancel {
+        /// The attempt to cancel.
+        attempt: u32,
+        /// When.
+        at_ms: u64,
+    },
+    /// A `stopped` task starts its next attempt.
+    Resume {
+        /// The attempt being resumed (the stopped one).
+        from_attempt: u32,
+        /// When.
+        at_ms: u64,
+        /// Who runs the new attempt.
+        lease: Option<Lease>,
+    },
+    /// Sets (or clears) the lease of a running attempt.
+    SetLease {
+        /// The attempt.
+        attempt: u32,
+        /// The new lease.
+        lease: Option<Lease>,
+        /// When.
+        at_ms: u64,
+    },
+}
+
+impl Transition {
+    /// A short name for the audit log: `started`, `completed`, `cancel_requested`...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start { .. } => "started",
+            Self::Finish { status, .. } => status.as_str(),
+            Self::RequestCancel { .. } => "cancel_requested",
+            Self::Resume { .. } => "resumed",
+            Self::SetLease { .. } => "lease",
+        }
+    }
+}
+
+/// Why the state machine refused a transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The transition belongs to an attempt older than the record's.
+    #[error("attempt {attempt} is older than the record's attempt {current}")]
+    StaleAttempt {
+        /// The transition's attempt.
+        attempt: u32,
+        /// The record's attempt.
+        current: u32,
+    },
+    /// The transition names an attempt the record has not started.
+    #[error("attempt {attempt} has not started (the record is at attempt {current})")]
+    FutureAttempt {
+        /// The transition's attempt.
+        attempt: u32,
+        /// The record's attempt.
+        current: u32,
+    },
+    /// The attempt already has a terminal outcome.
+    #[error("the outcome is already {current} (write-once); refused {requested}")]
+    AlreadyTerminal {
+        /// The stored outcome.
+        current: TaskStatus,
+        /// The refused one.
+        requested: TaskStatus,
+    },
+    /// The transition needs a running task.
+    #[error("the task is {current}, not running")]
+    NotRunning {
+        /// The status.
+        current: TaskStatus,
+    },
+    /// The task cannot be resumed.
+    #[error("the task is {current}; only a stopped task that supports resume can be resumed")]
+    NotResumable {
+        /// The status.
+        current: TaskStatus,
+    },
+    /// `Finish` with status `running`.
+    #[error("a task cannot finish as running")]
+    FinishAsRunning,
+}
+
+/// What [`apply`] decided.
+#[must_use = "a transition outcome says whether anything must be written"]
+#[derive(Debug, Clone, PartialEq)]
+// A short-lived return value: boxing the record would add an allocation to
+// every transition for no saving.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// The record after the transition; write it.
+    Applied(TaskRecord),
+    /// The record already reflects the transition (a retry); write nothing.
+    AlreadyApplied,
+    /// The transition is refused; write nothing.
+    Rejected(Rejection),
+}
+
+/// Applies `transition` to the current record (`None` when none exists yet).
+///
+/// Pure: no I/O, no clock. See the module docs for the invariants.
+pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
+    let Some(rec) = current else {
+        return match transition {
+            Transition::Start { record } => Outcome::Applied((**record).clone()),
+            _ => Outcome::Rejected(Rejection::FutureAttempt {
+                attempt: attempt_of(transition),
+                current: 0,
+            }),
+        };
+    };
+    match transition {
+        Transition::Start { record } => {
+            if rec.status == TaskStatus::Running {
+                // Adopt a record created ahead of the spawn (or our own
+                // earlier, ambiguous write): nothing to change.
+                Outcome::AlreadyApplied
+            } else {
+                let mut next = (**record).clone();
+                next.attempt = rec.attempt + 1;
+                Outcome::Applied(next)
+            }
+        }
+        Transition::Finish {
+            attempt,
+            status,
+            result,
+            error,
+            at_ms,
+        } => {
+            if *status == TaskStatus::Running {
+                return Outcome::Rejected(Rejection::FinishAsRunning);
+            }
+            if let Some(rejection) = fence(rec, *attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            if rec.status == *status {
+                return Outcome::AlreadyApplied;
+            }
+            if rec.status.is_terminal() {
+                return Outcome::Rejected(Rejection::AlreadyTerminal {
+                    current: rec.status,
+                    requested: *status,
+                });
+            }
+            let mut next = rec.clone();
+            next.status = *status;
+            next.result = result.clone();
+            next.error = error.clone();
+            next.completed_at_ms = Some(*at_ms);
+            next.updated_at_ms = *at_ms;
+            next.lease = None;
+            Outcome::Applied(next)
+        }
+        Transition::RequestCancel { attempt, at_ms } => {
+            if let Some(rejection) = fence(rec, *attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            if rec.status.is_terminal() {
+                return Outcome::Rejected(Rejection::NotRunning {
+                    current: rec.status,
+                });
+            }
+            if rec.cancel_requested_at_ms.is_some() {
+                return Outcome::AlreadyApplied;
+            }
+            let mut next = rec.clone();
+            next.cancel_requested_at_ms = Some(*at_ms);
+            next.updated_at_ms = *at_ms;
+            Outcome::Applied(next)
+        }
+        Transition::Resume {
+            from_attempt,
+            at_ms,
+            lease,
+        } => {
+            if rec.attempt == from_attempt + 1 && rec.status == TaskStatus::Running {
+                return Outcome::AlreadyApplied;
+            }
+            if let Some(rejection) = fence(rec, *from_attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            if rec.status != TaskStatus::Stopped || !rec.supports_resume {
+                return Outcome::Rejected(Rejection::NotResumable {
+                    current: rec.status,
+                });
+            }
+            let mut next = rec.clone();
+            next.attempt = rec.attempt + 1;
+            next.status = TaskStatus::Running;
+            next.result = None;
+            next.error = None;
+            next.completed_at_ms = None;
+            next.cancel_requested_at_ms = None;
+            next.updated_at_ms = *at_ms;
+            next.lease = lease.clone();
+            Outcome::Applied(next)
+        }
+        Transition::SetLease {
+            attempt,
+            lease,
+            at_ms,
+        } => {
+            if let Some(rejection) = fence(rec, *attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            if rec.status != TaskStatus::Running {
+                return Outcome::Rejected(Rejection::NotRunning {
+                    current: rec.status,
+                });
+            }
+            if rec.lease == *lease {
+                return Outcome::AlreadyApplied;
+            }
+            let mut next = rec.clone();
+            next.lease = lease.clone();
+            next.updated_at_ms = *at_ms;
+            Outcome::Applied(next)
+        }
+    }
+}
+
+fn attempt_of(transition: &Transition) -> u32 {
+    match transition {
+        Transition::Start { record } => record.attempt,
+        Transition::Finish { attempt, .. }
+        | Transition::RequestCancel { attempt, .. }
+        | Transition::SetLease { attempt, .. } => *attempt,
+        Transition::Resume { from_attempt, .. } => *from_attempt,
+    }
+}
+
+fn fence(rec: &TaskRecord, attempt: u32) -> Option<Rejection> {
+    if attempt < rec.attempt {
+        Some(Rejection::StaleAttempt {
+            attempt,
+            current: rec.attempt,
+        })
+    } else if attempt > rec.attempt {
+        Some(Rejection::FutureAttempt {
+            attempt,
+            current: rec.attempt,
+        })
+    } else {
+        None
+    }
+}
