@@ -1,1 +1,153 @@
-//! `RedisStore`: the Redis backend (in progress).
+//! `RedisStore`: the thread storage contract of [`task_store`] on Redis or
+//! Valkey, each write one atomic Lua script.
+//!
+//! Use it when tasks must outlive one process or be seen by several: many
+//! service replicas sharing one set of tasks, or tasks whose outcome must be
+//! found again after a restart. For one process that only needs its tasks in
+//! memory, `task-store-memory` is simpler and faster. Code written against
+//! `Arc<dyn ThreadStore>` works with either; `task-core` selects this one with
+//! its `redis` feature and `store::open("redis://…")`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use serde_json::json;
+//! use task_store::{ChangeSet, Thread, ThreadReader, ThreadWriter, VersionPrecondition};
+//! use task_store_redis::{RedisStore, RedisStoreOptions};
+//!
+//! # async fn demo() -> task_store::Result<()> {
+//! let store = RedisStore::connect_with(
+//!     "redis://tasks:secret@127.0.0.1:6379/0?prefix=myapp",
+//!     RedisStoreOptions::default().with_retention(Some(Duration::from_secs(7 * 24 * 3600))),
+//! )
+//! .await?;
+//!
+//! let created = store
+//!     .create(Thread::new("task:1", "task").with_parent("conversation-7"))
+//!     .await?;
+//! let done = ChangeSet::state(json!({ "status": "completed" })).with_terminal(true);
+//! store
+//!     .append("task:1", done, VersionPrecondition::Exact(created.version))
+//!     .await?;
+//! assert_eq!(store.load("task:1").await?.map(|head| head.version), Some(2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connecting
+//!
+//! [`RedisStore::connect`] takes `redis://[user][:password@]host[:port][/db]`
+//! (ACL user and password, or just a password), `rediss://…` for TLS with the
+//! crate feature `tls` (without it, `rediss://` is refused with an error that
+//! says so), or `redis+unix:///path`. A `?prefix=P` parameter sets the key
+//! prefix (default [`DEFAULT_PREFIX`]). [`RedisStoreOptions`] sets the connect
+//! and response timeouts, the reconnection policy and the retention.
+//!
+//! The store runs on one `redis::aio::ConnectionManager`: a multiplexed
+//! connection shared by every clone of the store, that reconnects by itself.
+//! Commands fail after the response timeout with a retryable
+//! [`Timeout`](task_store::ThreadStoreError::Timeout); a dropped or refused
+//! connection gives a retryable
+//! [`Unavailable`](task_store::ThreadStoreError::Unavailable) after a few
+//! quick reconnection attempts, and the next call reconnects again. As the
+//! contract says, a write that failed with a retryable error may have been
+//! applied: retry it as it was (versions and message ids make that safe).
+//!
+//! # Key layout
+//!
+//! Every key starts with the prefix `P`. Ids become part of key names only
+//! percent-encoded: `%`, `{`, `}`, `*`, `?`, `[`, `]`, `\` and `:` turn into
+//! `%XX` (the encoding is injective, so two ids never share a key), so no id
+//! can move a hash tag, widen a `SCAN`/ACL pattern or step outside the prefix.
+//! Ids are first checked by [`task_store::validate_id`]. Written `E(x)` for the
+//! encoded `x`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{E(id)}:head` | hash | `v` version, `seq` last sequence number, `kind`, `parent` (absent for none), `meta` (JSON object), `state` (JSON), `term` (`0`/`1`), `id` |
+//! | `P:{E(id)}:log` | hash | sequence number → message JSON `{"id":…, "body":…}` |
+//! | `P:{E(id)}:mids` | hash | message id → its sequence number, for de-duplication |
+//! | `P:idx:all` | sorted set | every thread id, score 0 |
+//! | `P:idx:kind:E(kind)` | sorted set | ids of one kind, score 0 |
+//! | `P:idx:parent:E(parent)` | sorted set | ids of one parent, score 0 |
+//! | `P:idx:pk:E(parent):E(kind)` | sorted set | ids of one parent and kind, score 0 |
+//!
+//! The three keys of a thread share the hash tag `{E(id)}`, so they live in
+//! one slot. Index members are the raw ids, all with score 0, so
+//! `ZRANGEBYLEX` returns them in ascending byte order and the listing cursor
+//! (the last id seen) is an exclusive `(` bound.
+//!
+//! # Scripts and round trips
+//!
+//! All data goes to the scripts through `ARGV`, never into their source; the
+//! scripts are loaded on connect (`SCRIPT LOAD`) and run by SHA1, reloaded
+//! when the server answers `NOSCRIPT` (after a restart). Each script checks
+//! the types of its keys before its first write, because Redis does not roll
+//! a script back when a command fails half-way.
+//!
+//! | operation | round trips | what runs |
+//! |---|---|---|
+//! | `create`, `save` | 1 | the write script: existence or version check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
+//! | `append` | 1 | the write script on the thread's three keys (indexes do not change) |
+//! | `append_batch` | 1 | one pipeline of `EVALSHA`s, each atomic on its own thread, one result each (a second round only for scripts the server had forgotten) |
+//! | `load` | 1 | `HMGET` of the head |
+//! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
+//! | `list_threads` | 2 (+1) | `ZRANGEBYLEX` of the index, a pipeline of `HMGET kind parent` to drop entries of gone threads (+ a prune script when there were any) |
+//! | `delete` | 1 + 1 per index | a script deleting the thread's keys, then a conditional prune of each of its index entries |
+//!
+//! # Retention
+//!
+//! With [`RedisStoreOptions::retention`] set, every write that leaves a
+//! thread marked finished ([`ChangeSet::terminal`](task_store::ChangeSet))
+//! sets the TTL of its three keys (all to the same instant, in the same
+//! script); clearing the mark removes it (`PERSIST`). Index entries are not
+//! given a TTL (a sorted set member cannot have one): `list_threads` checks
+//! every entry it returns against its head (present, and still of the
+//! index's kind and parent) and removes the stale ones with a conditional
+//! script, so an expired or moved thread is never listed and its entry is
+//! dropped the first time a listing passes it. A thread recreated under the
+//! same id is never dropped by mistake: removal re-checks the head atomically.
+//!
+//! # Redis Cluster
+//!
+//! A thread's own keys are always in one slot, so every write of a thread's
+//! data is one script on one node. On a single node (or a primary with
+//! replicas) the same script also updates the indexes. Under Redis Cluster
+//! the index keys hash to other slots, which a script may not touch; there
+//! the index entries are written in a second step after the thread's script
+//! (`ZADD` on create/save, the conditional prune after delete), and listing
+//! stays correct because it never trusts an index entry alone: each listed id
+//! is checked against its head, so an entry left behind by a crash between
+//! the two steps is filtered and cleaned, and a thread whose entry is not yet
+//! written is only missing from listings for that moment. This crate connects
+//! to a single endpoint today; the cluster mode of the layout is the step
+//! above, with the scripts unchanged.
+//!
+//! # In production
+//!
+//! - **Eviction**: set `maxmemory-policy noeviction`. Any evicting policy can
+//!   silently drop a thread's keys or index entries; with `noeviction` a full
+//!   server refuses writes instead (an `OOM` error, not retryable).
+//! - **Durability**: enable AOF. With `appendfsync always` no acknowledged
+//!   write is lost when one node crashes; with `everysec` up to about a second
+//!   of writes can be. Replication is asynchronous: a failover may bring back
+//!   an older state, which the task layer's version and attempt checks
+//!   (fencing) tolerate.
+//! - **ACL**: give the service its own user restricted to its prefix, for
+//!   example `ACL SETUSER tasks on >secret ~myapp:* -@all +@read +@write
+//!   +@scripting -@dangerous`, and put the user in the URL. Prefixes may not
+//!   hold glob characters, so `~P:*` matches exactly the store's keys; do not
+//!   use one store's prefix followed by `:` as another store's prefix.
+//! - **TLS**: build with the feature `tls` and connect with `rediss://`; the
+//!   server certificate is checked against the system's roots.
+//! - **Timeouts**: the response timeout bounds every call; keep it above the
+//!   slowest write you make (a change set with many large messages) and well
+//!   below the time your callers can wait.
+
+mod error;
+mod keys;
+mod options;
+mod scripts;
+mod store;
+
+pub use options::{DEFAULT_PREFIX, RedisStoreOptions};
+pub use store::RedisStore;

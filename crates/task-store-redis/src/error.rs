@@ -1,0 +1,143 @@
+//! The one place where Redis errors become [`ThreadStoreError`]s.
+//!
+//! Retryability is decided here, where the error is born: timeouts, dropped
+//! or refused connections and the server's own "try again later" answers
+//! (`LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY`)
+//! are retryable; a refused login is [`ThreadStoreError::Authentication`]; a
+//! key of the wrong type is [`ThreadStoreError::Corrupt`] for the thread it
+//! belongs to; everything else (a script error, `OOM`, a protocol error) is
+//! [`ThreadStoreError::Backend`] and not retryable.
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use task_store::ThreadStoreError;
+
+/// A Redis error, with the thread it concerns when there is one.
+#[derive(Debug)]
+pub(crate) struct RedisFailure<'a> {
+    pub(crate) error: RedisError,
+    pub(crate) thread: Option<&'a str>,
+}
+
+impl<'a> RedisFailure<'a> {
+    pub(crate) fn on(thread: &'a str) -> impl FnOnce(RedisError) -> Self {
+        move |error| Self {
+            error,
+            thread: Some(thread),
+        }
+    }
+
+    pub(crate) fn general(error: RedisError) -> Self {
+        Self {
+            error,
+            thread: None,
+        }
+    }
+}
+
+impl From<RedisFailure<'_>> for ThreadStoreError {
+    fn from(failure: RedisFailure<'_>) -> Self {
+        let RedisFailure { error, thread } = failure;
+        let message = error.to_string();
+        if error.is_timeout() {
+            return ThreadStoreError::Timeout {
+                message: format!("Redis did not answer in time: {message}"),
+                source: Some(Box::new(error)),
+            };
+        }
+        let code = error.code().map(str::to_owned);
+        match (error.kind(), code.as_deref()) {
+            (ErrorKind::AuthenticationFailed, _)
+            | (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+            | (ErrorKind::Server(ServerErrorKind::NoPerm), _) => {
+                ThreadStoreError::Authentication {
+                    message,
+                    source: Some(Box::new(error)),
+                }
+            }
+            (_, Some("WRONGTYPE")) if thread.is_some() => ThreadStoreError::Corrupt {
+                id: thread.unwrap_or_default().to_owned(),
+                reason: format!("a key of the thread holds the wrong type: {message}"),
+            },
+            (
+                ErrorKind::Io
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::ReadOnly,
+                ),
+                _,
+            )
+            | (_, Some("BUSY" | "LOADING")) => ThreadStoreError::Unavailable {
+                message: format!("Redis is unavailable: {message}"),
+                source: Some(Box::new(error)),
+            },
+            _ => ThreadStoreError::Backend {
+                message: format!("Redis failed: {message}"),
+                source: Some(Box::new(error)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn map(error: RedisError, thread: Option<&str>) -> ThreadStoreError {
+        RedisFailure { error, thread }.into()
+    }
+
+    #[test]
+    fn timeouts_and_dropped_connections_are_retryable() {
+        let timeout = map(io::Error::from(io::ErrorKind::TimedOut).into(), None);
+        assert!(matches!(timeout, ThreadStoreError::Timeout { .. }), "{timeout:?}");
+        assert!(timeout.is_retryable());
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            let err = map(io::Error::from(kind).into(), Some("t"));
+            assert!(matches!(err, ThreadStoreError::Unavailable { .. }), "{err:?}");
+            assert!(err.is_retryable());
+        }
+    }
+
+    #[test]
+    fn server_answers_map_to_their_meaning() {
+        let loading = map(
+            redis::make_extension_error("LOADING".into(), Some("loading the dataset".into())),
+            None,
+        );
+        assert!(loading.is_retryable(), "{loading:?}");
+
+        let wrongtype = map(
+            redis::make_extension_error("WRONGTYPE".into(), Some("wrong kind".into())),
+            Some("t1"),
+        );
+        assert!(
+            matches!(&wrongtype, ThreadStoreError::Corrupt { id, .. } if id == "t1"),
+            "{wrongtype:?}"
+        );
+
+        let auth = map(
+            redis::make_extension_error("WRONGPASS".into(), Some("invalid password".into())),
+            None,
+        );
+        assert!(matches!(auth, ThreadStoreError::Authentication { .. }), "{auth:?}");
+        assert!(!auth.is_retryable());
+
+        let script = map(
+            redis::make_extension_error("ERR".into(), Some("user_script:1: oops".into())),
+            Some("t1"),
+        );
+        assert!(matches!(script, ThreadStoreError::Backend { .. }), "{script:?}");
+        assert!(!script.is_retryable());
+    }
+}

@@ -1,0 +1,103 @@
+//! How a [`RedisStore`](crate::RedisStore) connects and what it keeps.
+
+use std::time::Duration;
+
+/// The prefix used when neither the options nor the URL name one.
+pub const DEFAULT_PREFIX: &str = "bgtask";
+
+/// Options of a [`RedisStore`](crate::RedisStore): key prefix, timeouts,
+/// reconnection and retention.
+///
+/// The defaults suit a Redis on the same network: a 1 s connect timeout, a
+/// 500 ms response timeout, two reconnection retries at most 500 ms apart, and
+/// no retention (finished threads are kept until deleted).
+///
+/// ```
+/// use std::time::Duration;
+/// use task_store_redis::RedisStoreOptions;
+///
+/// let options = RedisStoreOptions::default()
+///     .with_prefix("myapp-tasks")
+///     .with_response_timeout(Duration::from_millis(250))
+///     .with_retention(Some(Duration::from_secs(24 * 3600)));
+/// assert_eq!(options.prefix, "myapp-tasks");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStoreOptions {
+    /// The prefix of every key (default [`DEFAULT_PREFIX`]). A `?prefix=P`
+    /// parameter in the URL takes precedence. It must not be empty nor hold
+    /// braces, glob characters (`*?[]\`), `%`, whitespace or control
+    /// characters.
+    pub prefix: String,
+    /// How long one connection attempt may take (default 1 s).
+    pub connect_timeout: Duration,
+    /// How long a command may wait for its answer before failing with the
+    /// retryable [`Timeout`](task_store::ThreadStoreError::Timeout) (default
+    /// 500 ms). Writes carrying many messages take longer; raise it if yours
+    /// do.
+    pub response_timeout: Duration,
+    /// How many times a broken connection is retried before a call fails
+    /// (default 2). Each call made later starts a new round of retries, so
+    /// the store recovers by itself when the server comes back.
+    pub reconnect_retries: usize,
+    /// The longest wait between two reconnection attempts (default 500 ms).
+    pub reconnect_max_delay: Duration,
+    /// How long a thread marked finished ([`ChangeSet::terminal`]) is kept
+    /// after its last write; `None` (the default) keeps it until it is
+    /// deleted.
+    ///
+    /// [`ChangeSet::terminal`]: task_store::ChangeSet::terminal
+    pub retention: Option<Duration>,
+}
+
+impl Default for RedisStoreOptions {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_millis(500),
+            reconnect_retries: 2,
+            reconnect_max_delay: Duration::from_millis(500),
+            retention: None,
+        }
+    }
+}
+
+impl RedisStoreOptions {
+    /// Sets the key prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the response timeout.
+    pub fn with_response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets how many reconnection retries a call makes.
+    pub fn with_reconnect_retries(mut self, retries: usize) -> Self {
+        self.reconnect_retries = retries;
+        self
+    }
+
+    /// Sets the longest wait between reconnection attempts.
+    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// Sets the retention of finished threads.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+}

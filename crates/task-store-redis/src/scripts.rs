@@ -1,0 +1,253 @@
+//! The Lua scripts. Each write of a thread is one script on the thread's own
+//! keys (one hash tag, one slot); on a single node the same script also
+//! maintains the indexes. All data comes in through `ARGV`, never into the
+//! script source, so the scripts are loaded once and run by SHA1.
+//!
+//! Scripts check every key's type before their first write: a Redis script is
+//! not rolled back when a command fails half-way, so they must not fail after
+//! writing.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// `create`, `append` and `save` of one thread.
+///
+/// `KEYS`: head, log, mids; for `create` and `save` then the index keys of the
+/// new kind and parent (all, kind, and parent, parent+kind when `ARGV[8]` is
+/// not empty), then those of the old kind and parent (kind when `ARGV[10]` is
+/// not empty; parent, parent+kind when `ARGV[11]` is not empty; all is shared).
+///
+/// `ARGV`: 1 mode (`create`, `append`, `save`); 2 expected version (`''` for
+/// any); 3 state JSON (`''` for none); 4 finished mark (`''`, `'0'`, `'1'`);
+/// 5 retention in ms (`'0'` for none); 6 thread id; 7 kind; 8 parent (`''` for
+/// none); 9 metadata JSON; 10 old kind the caller assumes (`''` for none);
+/// 11 old parent it assumes; 12 message count n; then n pairs of message id
+/// (`''` for none) and message JSON.
+///
+/// Returns `{'ok', version, last_seq, appended, skipped}`, or
+/// `{'notfound'}`, `{'exists'}`, `{'conflict', actual}`,
+/// `{'moved', kind, parent}` (the stored kind or parent differs from the one
+/// assumed: the caller retries with the right old index keys),
+/// `{'corrupt', reason}`, `{'badindex', key}`.
+pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_LUA));
+
+const WRITE_LUA: &str = r#"
+local head, log, mids = KEYS[1], KEYS[2], KEYS[3]
+local mode = ARGV[1]
+local kind, parent = ARGV[7], ARGV[8]
+local old_kind, old_parent = ARGV[10], ARGV[11]
+
+local function fmt(n) return string.format('%d', n) end
+
+local head_type = redis.call('TYPE', head)['ok']
+if head_type ~= 'none' and head_type ~= 'hash' then
+  if mode == 'create' then return {'exists'} end
+  return {'corrupt', 'the head key holds a ' .. head_type .. ', not a hash'}
+end
+local exists = head_type == 'hash'
+
+local version, last_seq, term = 0, 0, '0'
+local cur_kind, cur_parent = '', ''
+if exists then
+  local cur = redis.call('HMGET', head, 'v', 'seq', 'term', 'kind', 'parent')
+  version = tonumber(cur[1])
+  last_seq = tonumber(cur[2])
+  if version == nil or version < 1 or last_seq == nil or last_seq < 0 then
+    return {'corrupt', 'the head has no valid version or sequence number'}
+  end
+  term = cur[3] or '0'
+  cur_kind = cur[4] or ''
+  cur_parent = cur[5] or ''
+end
+
+if mode == 'create' and exists then return {'exists'} end
+if mode == 'append' then
+  if not exists then return {'notfound'} end
+  if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= version then return {'conflict', version} end
+end
+
+if exists then
+  for _, key in ipairs({log, mids}) do
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'none' and t ~= 'hash' then
+      return {'corrupt', 'the key ' .. key .. ' holds a ' .. t .. ', not a hash'}
+    end
+  end
+end
+
+-- Index keys (create and save only).
+local idx_all, idx_kind, idx_parent, idx_pk
+local old_idx_kind, old_idx_parent, old_idx_pk
+if mode ~= 'append' then
+  if exists and (cur_kind ~= old_kind or cur_parent ~= old_parent) then
+    return {'moved', cur_kind, cur_parent}
+  end
+  local k = 4
+  idx_all = KEYS[k]; idx_kind = KEYS[k + 1]; k = k + 2
+  if parent ~= '' then idx_parent = KEYS[k]; idx_pk = KEYS[k + 1]; k = k + 2 end
+  if old_kind ~= '' then
+    old_idx_kind = KEYS[k]; k = k + 1
+    if old_parent ~= '' then old_idx_parent = KEYS[k]; old_idx_pk = KEYS[k + 1]; k = k + 2 end
+  end
+  for i = 4, #KEYS do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' and t ~= 'zset' then return {'badindex', KEYS[i]} end
+  end
+end
+
+-- Every check is done: from here on nothing fails. A missing head means a
+-- fresh thread: drop anything left behind under its tag.
+if not exists then redis.call('DEL', log, mids) end
+
+-- Messages, skipping ids already in the log.
+local appended, skipped = 0, 0
+local n = tonumber(ARGV[12])
+for i = 0, n - 1 do
+  local mid, body = ARGV[13 + 2 * i], ARGV[14 + 2 * i]
+  local fresh = true
+  if mid ~= '' then fresh = redis.call('HSETNX', mids, mid, fmt(last_seq + 1)) == 1 end
+  if fresh then
+    last_seq = last_seq + 1
+    redis.call('HSET', log, fmt(last_seq), body)
+    appended = appended + 1
+  else
+    skipped = skipped + 1
+  end
+end
+
+local changed = mode ~= 'append' or ARGV[3] ~= '' or ARGV[4] ~= '' or appended > 0
+if not changed then return {'ok', version, last_seq, appended, skipped} end
+
+version = version + 1
+if ARGV[4] ~= '' then term = ARGV[4] end
+redis.call('HSET', head, 'v', fmt(version), 'seq', fmt(last_seq), 'term', term)
+if ARGV[3] ~= '' then redis.call('HSET', head, 'state', ARGV[3]) end
+if mode ~= 'append' then
+  redis.call('HSET', head, 'id', ARGV[6], 'kind', kind, 'meta', ARGV[9])
+  if parent ~= '' then
+    redis.call('HSET', head, 'parent', parent)
+  else
+    redis.call('HDEL', head, 'parent')
+  end
+  local member = ARGV[6]
+  if old_idx_kind and old_idx_kind ~= idx_kind then redis.call('ZREM', old_idx_kind, member) end
+  if old_idx_parent and old_idx_parent ~= idx_parent then redis.call('ZREM', old_idx_parent, member) end
+  if old_idx_pk and old_idx_pk ~= idx_pk then redis.call('ZREM', old_idx_pk, member) end
+  redis.call('ZADD', idx_all, 0, member)
+  redis.call('ZADD', idx_kind, 0, member)
+  if idx_parent then
+    redis.call('ZADD', idx_parent, 0, member)
+    redis.call('ZADD', idx_pk, 0, member)
+  end
+end
+
+-- Retention: a finished thread expires, all its keys at the same moment.
+local ttl = tonumber(ARGV[5])
+if term == '1' then
+  if ttl > 0 then
+    redis.call('PEXPIRE', head, ttl)
+    redis.call('PEXPIRE', log, ttl)
+    redis.call('PEXPIRE', mids, ttl)
+  else
+    local left = redis.call('PTTL', head)
+    if left > 0 then
+      redis.call('PEXPIRE', log, left)
+      redis.call('PEXPIRE', mids, left)
+    end
+  end
+elseif ARGV[4] ~= '' then
+  redis.call('PERSIST', head)
+  redis.call('PERSIST', log)
+  redis.call('PERSIST', mids)
+end
+
+return {'ok', version, last_seq, appended, skipped}
+"#;
+
+/// A page of one thread's log.
+///
+/// `KEYS`: head, log. `ARGV`: 1 after (the last sequence number seen),
+/// 2 limit. Returns `{'ok', last_seq, message...}` (`false` for a message
+/// missing from the log), or `{'notfound'}`, `{'corrupt', reason}`.
+pub(crate) static READ_LOG: LazyLock<Script> = LazyLock::new(|| Script::new(READ_LOG_LUA));
+
+const READ_LOG_LUA: &str = r#"
+local head, log = KEYS[1], KEYS[2]
+local head_type = redis.call('TYPE', head)['ok']
+if head_type == 'none' then return {'notfound'} end
+if head_type ~= 'hash' then
+  return {'corrupt', 'the head key holds a ' .. head_type .. ', not a hash'}
+end
+local log_type = redis.call('TYPE', log)['ok']
+if log_type ~= 'none' and log_type ~= 'hash' then
+  return {'corrupt', 'the log key holds a ' .. log_type .. ', not a hash'}
+end
+local last_seq = tonumber(redis.call('HGET', head, 'seq'))
+if last_seq == nil then return {'corrupt', 'the head has no valid sequence number'} end
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {'ok', last_seq}
+if after >= last_seq then return out end
+local upto = math.min(last_seq, after + limit)
+local fields = {}
+for seq = after + 1, upto do fields[#fields + 1] = string.format('%d', seq) end
+local bodies = redis.call('HMGET', log, unpack(fields))
+for i = 1, #fields do out[#out + 1] = bodies[i] end
+return out
+"#;
+
+/// Deletes one thread's keys.
+///
+/// `KEYS`: head, log, mids. Returns `{'deleted', kind, parent}` (empty
+/// strings when unknown), or `{'missing'}`.
+pub(crate) static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_LUA));
+
+const DELETE_LUA: &str = r#"
+local head = KEYS[1]
+local head_type = redis.call('TYPE', head)['ok']
+local kind, parent = '', ''
+if head_type == 'hash' then
+  local cur = redis.call('HMGET', head, 'kind', 'parent')
+  kind = cur[1] or ''
+  parent = cur[2] or ''
+end
+local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if head_type == 'none' and removed == 0 then return {'missing'} end
+return {'deleted', kind, parent}
+"#;
+
+/// Drops index entries that point at no live thread of the index's kind and
+/// parent. Conditional, so it never removes the entry of a thread recreated
+/// in the meantime.
+///
+/// `KEYS`: 1 the index, then one head key per id. `ARGV`: 1 the index's kind
+/// (`''` for any), 2 its parent (`''` for any), then the ids. Returns how many
+/// entries were removed.
+pub(crate) static PRUNE: LazyLock<Script> = LazyLock::new(|| Script::new(PRUNE_LUA));
+
+const PRUNE_LUA: &str = r#"
+local index, want_kind, want_parent = KEYS[1], ARGV[1], ARGV[2]
+local removed = 0
+for i = 2, #KEYS do
+  local id = ARGV[i + 1]
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  local stale = t == 'none'
+  if t == 'hash' then
+    local cur = redis.call('HMGET', KEYS[i], 'kind', 'parent')
+    if want_kind ~= '' and (cur[1] or '') ~= want_kind then stale = true end
+    if want_parent ~= '' and (cur[2] or '') ~= want_parent then stale = true end
+  end
+  if stale then removed = removed + redis.call('ZREM', index, id) end
+end
+return removed
+"#;
+
+/// Every script with its source, for loading them up front.
+pub(crate) fn all() -> [(&'static Script, &'static str); 4] {
+    [
+        (&WRITE, WRITE_LUA),
+        (&READ_LOG, READ_LOG_LUA),
+        (&DELETE, DELETE_LUA),
+        (&PRUNE, PRUNE_LUA),
+    ]
+}

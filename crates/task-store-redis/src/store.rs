@@ -1,0 +1,1049 @@
+//! [`RedisStore`]: the storage contract on Redis.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use serde::{Deserialize, Serialize};
+use task_store::{
+    AppendRequest, ChangeSet, Committed, Message, MessagePage, MessageQuery, Metadata,
+    NewMessage, Result, Thread, ThreadHead, ThreadPage, ThreadQuery, ThreadReader,
+    ThreadStoreError, ThreadWriter, VersionPrecondition, effective_limit, validate_id,
+    validate_messages, validate_query, validate_thread,
+};
+
+use crate::RedisStoreOptions;
+use crate::error::RedisFailure;
+use crate::keys::{KeySpace, validate_prefix};
+use crate::scripts;
+
+/// How often `save` re-runs its script when a concurrent `save` moved the
+/// thread to another kind or parent between its attempts.
+const MAX_SAVE_ATTEMPTS: usize = 8;
+
+/// The thread storage contract on Redis or Valkey. See the [crate docs](crate)
+/// for the key layout, the scripts and production notes.
+///
+/// Cheap to clone: clones share one multiplexed connection, which reconnects
+/// by itself after the server went away.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: KeySpace,
+    /// The URL without its password, for messages.
+    target: String,
+    options: RedisStoreOptions,
+    /// The retention in milliseconds, 0 for none.
+    retention_ms: u64,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.inner.target)
+            .field("prefix", &self.inner.keys.prefix())
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message as stored in the log.
+#[derive(Serialize)]
+struct StoredMessageRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    body: &'a serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct StoredMessage {
+    #[serde(default)]
+    id: Option<String>,
+    body: serde_json::Value,
+}
+
+/// What the write script answered.
+enum WriteReply {
+    Ok(Committed),
+    NotFound,
+    Exists,
+    Conflict(u64),
+    Moved {
+        kind: String,
+        parent: Option<String>,
+    },
+    Corrupt(String),
+    BadIndex(String),
+}
+
+/// One run of the write script: its keys and arguments.
+struct Invocation {
+    script: &'static Script,
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation {
+    fn new(script: &'static Script) -> Self {
+        Self {
+            script,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    fn key(mut self, key: impl Into<String>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    fn arg(mut self, arg: impl Into<Vec<u8>>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// The `EVALSHA` command, for pipelines.
+    fn evalsha(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+}
+
+/// The fields of a head, in the order they are read.
+const HEAD_FIELDS: [&str; 7] = ["kind", "parent", "meta", "state", "v", "seq", "term"];
+
+impl RedisStore {
+    /// Connects with the default [`RedisStoreOptions`]. See
+    /// [`connect_with`](Self::connect_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, RedisStoreOptions::default()).await
+    }
+
+    /// Connects to the server at `url` and loads the scripts.
+    ///
+    /// The URL is `redis://[user][:password@]host[:port][/db][?prefix=P]`, or
+    /// `rediss://…` for TLS (feature `tls`), or `redis+unix:///path`. The
+    /// user and password are those of an ACL user (or just a password for
+    /// `requirepass`). A `prefix` query parameter sets the key prefix,
+    /// overriding `options.prefix`; the other parameters go to `redis-rs`.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a URL or prefix that cannot be used; `Unsupported`
+    /// for `rediss://` without the `tls` feature; `Authentication` when the
+    /// server refuses the credentials (or the ACL user may not load scripts);
+    /// `Unavailable`/`Timeout` when the server cannot be reached.
+    pub async fn connect_with(url: &str, options: RedisStoreOptions) -> Result<Self> {
+        let (url, target, prefix) = split_url(url)?;
+        let prefix = prefix.unwrap_or_else(|| options.prefix.clone());
+        validate_prefix(&prefix)?;
+
+        let client = redis::Client::open(url.as_str()).map_err(|err| match err.kind() {
+            ErrorKind::InvalidClientConfig => {
+                ThreadStoreError::invalid_input(format!("cannot use the Redis URL {target}: {err}"))
+            }
+            _ => RedisFailure::general(err).into(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(options.reconnect_retries)
+            .set_min_delay(options.reconnect_max_delay.min(Duration::from_millis(50)))
+            .set_max_delay(options.reconnect_max_delay);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|err| with_target(RedisFailure::general(err).into(), &target))?;
+
+        let retention_ms = options
+            .retention
+            .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1))
+            .unwrap_or(0);
+        let store = Self {
+            conn,
+            inner: Arc::new(Inner {
+                keys: KeySpace::new(prefix),
+                target,
+                options,
+                retention_ms,
+            }),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// The key prefix of this store.
+    pub fn prefix(&self) -> &str {
+        self.inner.keys.prefix()
+    }
+
+    /// The options this store was opened with (the prefix as in effect).
+    pub fn options(&self) -> &RedisStoreOptions {
+        &self.inner.options
+    }
+
+    /// Loads every script into the server's script cache, so that pipelined
+    /// `EVALSHA`s find them. Run on connect; run again by
+    /// [`append_batch`](ThreadWriter::append_batch) when the server forgot
+    /// them (after a restart or `SCRIPT FLUSH`).
+    async fn load_scripts(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (_, source) in scripts::all() {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(source);
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(|err| RedisFailure::general(err).into())
+            .map(|_| ())
+    }
+
+    async fn invoke(&self, invocation: &Invocation, thread: &str) -> Result<Value> {
+        let mut script = invocation.script.prepare_invoke();
+        for key in &invocation.keys {
+            script.key(key);
+        }
+        for arg in &invocation.args {
+            script.arg(arg.as_slice());
+        }
+        let mut conn = self.conn.clone();
+        script
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|err| RedisFailure::on(thread)(err).into())
+    }
+
+    /// The invocation of the write script for an append.
+    fn append_invocation(
+        &self,
+        id: &str,
+        changes: &ChangeSet,
+        precondition: VersionPrecondition,
+    ) -> Result<Invocation> {
+        let keys = self.inner.keys.thread(id);
+        let expected = match precondition {
+            VersionPrecondition::Exact(v) => v.to_string(),
+            VersionPrecondition::Any => String::new(),
+        };
+        let state = changes
+            .state
+            .as_ref()
+            .map(|s| to_json(id, s))
+            .transpose()?
+            .unwrap_or_default();
+        let invocation = Invocation::new(&scripts::WRITE)
+            .key(keys.head)
+            .key(keys.log)
+            .key(keys.mids)
+            .arg("append")
+            .arg(expected)
+            .arg(state)
+            .arg(terminal_arg(changes.terminal))
+            .arg(self.inner.retention_ms.to_string())
+            .arg(id)
+            .arg("")
+            .arg("")
+            .arg("")
+            .arg("")
+            .arg("");
+        self.with_messages(invocation, id, &changes.messages)
+    }
+
+    /// The invocation of the write script for a create or a save, assuming
+    /// the stored thread (if any) has kind `old.0` and parent `old.1`.
+    fn thread_invocation(
+        &self,
+        mode: &str,
+        thread: &Thread,
+        old: Option<(&str, Option<&str>)>,
+    ) -> Result<Invocation> {
+        let keys = &self.inner.keys;
+        let thread_keys = keys.thread(&thread.id);
+        let mut invocation = Invocation::new(&scripts::WRITE)
+            .key(thread_keys.head)
+            .key(thread_keys.log)
+            .key(thread_keys.mids);
+        for key in keys.indexes_of(&thread.kind, thread.parent_id.as_deref()) {
+            invocation = invocation.key(key);
+        }
+        if let Some((old_kind, old_parent)) = old {
+            invocation = invocation.key(keys.idx_kind(old_kind));
+            if let Some(old_parent) = old_parent {
+                invocation = invocation
+                    .key(keys.idx_parent(old_parent))
+                    .key(keys.idx_parent_kind(old_parent, old_kind));
+            }
+        }
+        let invocation = invocation
+            .arg(mode)
+            .arg("")
+            .arg(to_json(&thread.id, &thread.state)?)
+            .arg(terminal_arg(Some(thread.terminal)))
+            .arg(self.inner.retention_ms.to_string())
+            .arg(thread.id.as_str())
+            .arg(thread.kind.as_str())
+            .arg(thread.parent_id.clone().unwrap_or_default())
+            .arg(to_json(&thread.id, &thread.metadata)?)
+            .arg(old.map(|(kind, _)| kind).unwrap_or_default())
+            .arg(old.and_then(|(_, parent)| parent).unwrap_or_default());
+        self.with_messages(invocation, &thread.id, &thread.messages)
+    }
+
+    fn with_messages(
+        &self,
+        mut invocation: Invocation,
+        id: &str,
+        messages: &[NewMessage],
+    ) -> Result<Invocation> {
+        invocation = invocation.arg(messages.len().to_string());
+        for message in messages {
+            let stored = StoredMessageRef {
+                id: message.id.as_deref(),
+                body: &message.body,
+            };
+            invocation = invocation
+                .arg(message.id.clone().unwrap_or_default())
+                .arg(to_json(id, &stored)?);
+        }
+        Ok(invocation)
+    }
+
+    /// Runs `save` or `create`, re-running when a concurrent write moved the
+    /// thread to another kind or parent than the one assumed.
+    async fn write_thread(&self, mode: &str, thread: &Thread) -> Result<Committed> {
+        let mut old_kind = thread.kind.clone();
+        let mut old_parent = thread.parent_id.clone();
+        for _ in 0..MAX_SAVE_ATTEMPTS {
+            let old = (mode == "save").then_some((old_kind.as_str(), old_parent.as_deref()));
+            let invocation = self.thread_invocation(mode, thread, old)?;
+            let reply = self.invoke(&invocation, &thread.id).await?;
+            match parse_write_reply(&thread.id, reply)? {
+                WriteReply::Ok(committed) => return Ok(committed),
+                WriteReply::Exists => {
+                    return Err(ThreadStoreError::AlreadyExists {
+                        id: thread.id.clone(),
+                    });
+                }
+                WriteReply::Moved { kind, parent } => {
+                    old_kind = kind;
+                    old_parent = parent;
+                }
+                other => return Err(write_error(&thread.id, None, other)),
+            }
+        }
+        Err(ThreadStoreError::Backend {
+            message: format!(
+                "thread '{}' kept moving between kinds or parents during save; \
+                 gave up after {MAX_SAVE_ATTEMPTS} attempts",
+                thread.id
+            ),
+            source: None,
+        })
+    }
+
+    /// Drops the entries of `index` (of this kind and parent) that point at
+    /// no live thread of that kind and parent.
+    async fn prune(
+        &self,
+        index: &str,
+        kind: Option<&str>,
+        parent: Option<&str>,
+        ids: &[String],
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = Invocation::new(&scripts::PRUNE)
+            .key(index)
+            .arg(kind.unwrap_or_default())
+            .arg(parent.unwrap_or_default());
+        for id in ids {
+            invocation = invocation.key(self.inner.keys.head(id)).arg(id.as_str());
+        }
+        let removed = self.invoke(&invocation, &ids[0]).await?;
+        if let Value::Int(n) = removed
+            && n > 0
+        {
+            tracing::debug!(index, removed = n, "dropped index entries of gone threads");
+        }
+        Ok(())
+    }
+
+    /// Runs a pipeline of write-script invocations; one result per
+    /// invocation, in order.
+    async fn run_pipeline(&self, invocations: &[&Invocation]) -> Vec<RedisResultValue> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for invocation in invocations {
+            pipe.add_command(invocation.evalsha());
+        }
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(values) if values.len() == invocations.len() => values
+                .into_iter()
+                .map(|value| match value {
+                    Value::ServerError(err) => Err(RedisError::from(err)),
+                    value => Ok(value),
+                })
+                .collect(),
+            Ok(values) => {
+                let err = RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "pipeline answered with the wrong number of replies",
+                    format!("{} for {} commands", values.len(), invocations.len()),
+                ));
+                invocations.iter().map(|_| Err(err.clone())).collect()
+            }
+            Err(err) => invocations.iter().map(|_| Err(err.clone())).collect(),
+        }
+    }
+}
+
+type RedisResultValue = std::result::Result<Value, RedisError>;
+
+#[async_trait]
+impl ThreadReader for RedisStore {
+    async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
+        validate_id("thread id", id)?;
+        let mut conn = self.conn.clone();
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.inner.keys.head(id))
+            .arg(&HEAD_FIELDS[..])
+            .query_async(&mut conn)
+            .await
+            .map_err(RedisFailure::on(id))?;
+        parse_head(id, values)
+    }
+
+    async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
+        validate_id("thread id", id)?;
+        let limit = effective_limit(query.limit);
+        let keys = self.inner.keys.thread(id);
+        let invocation = Invocation::new(&scripts::READ_LOG)
+            .key(keys.head)
+            .key(keys.log)
+            .arg(query.after.to_string())
+            .arg(limit.to_string());
+        let reply = self.invoke(&invocation, id).await?;
+        let mut items = reply_items(id, reply)?.into_iter();
+        match status(id, items.next())?.as_str() {
+            "ok" => {}
+            "notfound" => return Err(ThreadStoreError::NotFound { id: id.to_owned() }),
+            "corrupt" => return Err(corrupt_reason(id, items.next())),
+            other => return Err(unexpected(id, other)),
+        }
+        let last_seq = int(id, items.next())?;
+        let mut messages = Vec::with_capacity(limit);
+        let mut seq = query.after;
+        for item in items {
+            seq += 1;
+            let Value::BulkString(bytes) = item else {
+                return Err(ThreadStoreError::corrupt(
+                    id,
+                    format!("message {seq} is missing from the log"),
+                ));
+            };
+            let stored: StoredMessage = serde_json::from_slice(&bytes).map_err(|err| {
+                ThreadStoreError::corrupt(id, format!("message {seq} is not valid JSON: {err}"))
+            })?;
+            messages.push(Message {
+                seq,
+                id: stored.id,
+                body: stored.body,
+            });
+        }
+        let next = (seq < last_seq && !messages.is_empty()).then_some(seq);
+        Ok(MessagePage { messages, next })
+    }
+
+    async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
+        validate_query(&query)?;
+        let keys = &self.inner.keys;
+        let limit = effective_limit(query.limit);
+        let (index, want_kind, want_parent) = match (&query.parent_id, &query.kind) {
+            (Some(parent), Some(kind)) => (
+                keys.idx_parent_kind(parent, kind),
+                Some(kind.as_str()),
+                Some(parent.as_str()),
+            ),
+            (Some(parent), None) => (keys.idx_parent(parent), None, Some(parent.as_str())),
+            (None, Some(kind)) => (keys.idx_kind(kind), Some(kind.as_str()), None),
+            (None, None) => (keys.idx_all(), None, None),
+        };
+
+        let mut live: Vec<String> = Vec::with_capacity(limit + 1);
+        let mut cursor = query.after.clone();
+        let mut conn = self.conn.clone();
+        while live.len() <= limit {
+            let want = limit + 1 - live.len();
+            let min = match &cursor {
+                Some(after) => {
+                    let mut min = b"(".to_vec();
+                    min.extend_from_slice(after.as_bytes());
+                    min
+                }
+                None => b"-".to_vec(),
+            };
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYLEX")
+                .arg(&index)
+                .arg(min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(want)
+                .query_async(&mut conn)
+                .await
+                .map_err(RedisFailure::general)?;
+            let exhausted = members.len() < want;
+            let ids = members
+                .into_iter()
+                .map(String::from_utf8)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|err| ThreadStoreError::Backend {
+                    message: format!("the index {index} holds an id that is not UTF-8"),
+                    source: Some(Box::new(err)),
+                })?;
+            let Some(last) = ids.last().cloned() else {
+                break;
+            };
+
+            // Which of these still point at a live thread of this kind and parent?
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for id in &ids {
+                pipe.cmd("HMGET").arg(keys.head(id)).arg("kind").arg("parent");
+            }
+            let heads: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(RedisFailure::general)?;
+            let mut stale = Vec::new();
+            for (id, head) in ids.into_iter().zip(heads) {
+                if is_listed(&head, want_kind, want_parent) {
+                    live.push(id);
+                } else {
+                    stale.push(id);
+                }
+            }
+            self.prune(&index, want_kind, want_parent, &stale).await?;
+            cursor = Some(last);
+            if exhausted {
+                break;
+            }
+        }
+        let next = if live.len() > limit {
+            live.truncate(limit);
+            live.last().cloned()
+        } else {
+            None
+        };
+        Ok(ThreadPage { ids: live, next })
+    }
+}
+
+/// Whether an index entry whose head answered `head` (to `HMGET kind parent`)
+/// still belongs in an index of this kind and parent. A head that cannot be
+/// read (a key of the wrong type) stays listed: the thread is there, and
+/// loading it reports the corruption.
+fn is_listed(head: &Value, want_kind: Option<&str>, want_parent: Option<&str>) -> bool {
+    let Value::Array(fields) = head else {
+        return true;
+    };
+    let field = |i: usize| match fields.get(i) {
+        Some(Value::BulkString(bytes)) => Some(bytes.as_slice()),
+        _ => None,
+    };
+    let (kind, parent) = (field(0), field(1));
+    if kind.is_none() && parent.is_none() {
+        return false;
+    }
+    want_kind.is_none_or(|want| kind == Some(want.as_bytes()))
+        && want_parent.is_none_or(|want| parent == Some(want.as_bytes()))
+}
+
+#[async_trait]
+impl ThreadWriter for RedisStore {
+    async fn create(&self, thread: Thread) -> Result<Committed> {
+        validate_thread(&thread)?;
+        self.write_thread("create", &thread).await
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        changes: ChangeSet,
+        precondition: VersionPrecondition,
+    ) -> Result<Committed> {
+        validate_id("thread id", id)?;
+        validate_messages(&changes.messages)?;
+        let invocation = self.append_invocation(id, &changes, precondition)?;
+        let reply = self.invoke(&invocation, id).await?;
+        append_result(id, precondition, parse_write_reply(id, reply))
+    }
+
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
+        let mut results: Vec<Option<Result<Committed>>> = Vec::with_capacity(requests.len());
+        let mut invocations = Vec::new();
+        let mut slots = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            let prepared = validate_id("thread id", &request.id)
+                .and_then(|()| validate_messages(&request.changes.messages))
+                .and_then(|()| {
+                    self.append_invocation(&request.id, &request.changes, request.precondition)
+                });
+            match prepared {
+                Ok(invocation) => {
+                    invocations.push(invocation);
+                    slots.push(i);
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(Err(err))),
+            }
+        }
+
+        let mut pending: Vec<usize> = (0..invocations.len()).collect();
+        // A second round only for the scripts the server had forgotten
+        // (NOSCRIPT means the script did not run, so it is safe to resend).
+        for round in 0..2 {
+            if pending.is_empty() {
+                break;
+            }
+            let batch: Vec<&Invocation> = pending.iter().map(|&p| &invocations[p]).collect();
+            let replies = self.run_pipeline(&batch).await;
+            let mut forgotten = Vec::new();
+            for (&p, reply) in pending.iter().zip(replies) {
+                let request = &requests[slots[p]];
+                let result = match reply {
+                    Err(err)
+                        if round == 0
+                            && err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
+                    {
+                        forgotten.push(p);
+                        continue;
+                    }
+                    Err(err) => Err(RedisFailure::on(&request.id)(err).into()),
+                    Ok(value) => append_result(
+                        &request.id,
+                        request.precondition,
+                        parse_write_reply(&request.id, value),
+                    ),
+                };
+                results[slots[p]] = Some(result);
+            }
+            if !forgotten.is_empty()
+                && let Err(err) = self.load_scripts().await
+            {
+                for &p in &forgotten {
+                    results[slots[p]] = Some(Err(clone_error(&err)));
+                }
+                forgotten.clear();
+            }
+            pending = forgotten;
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(ThreadStoreError::Backend {
+                        message: "the server kept forgetting the write script".to_owned(),
+                        source: None,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    async fn save(&self, thread: Thread) -> Result<Committed> {
+        validate_thread(&thread)?;
+        self.write_thread("save", &thread).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        validate_id("thread id", id)?;
+        let keys = self.inner.keys.thread(id);
+        let invocation = Invocation::new(&scripts::DELETE)
+            .key(keys.head)
+            .key(keys.log)
+            .key(keys.mids);
+        let reply = self.invoke(&invocation, id).await?;
+        let mut items = reply_items(id, reply)?.into_iter();
+        match status(id, items.next())?.as_str() {
+            "missing" => Ok(()),
+            "deleted" => {
+                let kind = opt_string(id, items.next())?;
+                let parent = opt_string(id, items.next())?;
+                let ids = [id.to_owned()];
+                let index_keys = &self.inner.keys;
+                self.prune(&index_keys.idx_all(), None, None, &ids).await?;
+                if let Some(kind) = &kind {
+                    self.prune(&index_keys.idx_kind(kind), Some(kind), None, &ids)
+                        .await?;
+                }
+                if let Some(parent) = &parent {
+                    self.prune(&index_keys.idx_parent(parent), None, Some(parent), &ids)
+                        .await?;
+                    if let Some(kind) = &kind {
+                        self.prune(
+                            &index_keys.idx_parent_kind(parent, kind),
+                            Some(kind),
+                            Some(parent),
+                            &ids,
+                        )
+                        .await?;
+                    }
+                }
+                Ok(())
+            }
+            other => Err(unexpected(id, other)),
+        }
+    }
+}
+
+/// Splits a store URL into the URL for `redis-rs` (without `prefix`), a
+/// printable form without the password, and the prefix it names.
+fn split_url(raw: &str) -> Result<(String, String, Option<String>)> {
+    let mut url = url::Url::parse(raw).map_err(|err| {
+        ThreadStoreError::invalid_input(format!("cannot parse the Redis URL: {err}"))
+    })?;
+    let mut printable = url.clone();
+    if printable.password().is_some() {
+        // Cannot fail: a URL with a password has a host.
+        let _ = printable.set_password(Some("***"));
+    }
+    let target = printable.to_string();
+    match url.scheme() {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" if cfg!(feature = "tls") => {}
+        "rediss" => {
+            return Err(ThreadStoreError::Unsupported {
+                reason: format!(
+                    "feature `tls` of task-store-redis is not enabled for {target}; \
+                     enable it to connect with rediss://"
+                ),
+            });
+        }
+        other => {
+            return Err(ThreadStoreError::invalid_input(format!(
+                "the Redis URL {target} has the scheme {other:?}; \
+                 expected redis://, rediss:// or redis+unix://"
+            )));
+        }
+    }
+    let mut prefix = None;
+    let mut rest = Vec::new();
+    for (key, value) in url.query_pairs() {
+        if key == "prefix" {
+            prefix = Some(value.into_owned());
+        } else {
+            rest.push((key.into_owned(), value.into_owned()));
+        }
+    }
+    if rest.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok((url.to_string(), target, prefix))
+}
+
+/// Adds the server's address to an error that happened while connecting.
+fn with_target(err: ThreadStoreError, target: &str) -> ThreadStoreError {
+    match err {
+        ThreadStoreError::Unavailable { message, source } => ThreadStoreError::Unavailable {
+            message: format!("cannot connect to {target}: {message}"),
+            source,
+        },
+        ThreadStoreError::Timeout { message, source } => ThreadStoreError::Timeout {
+            message: format!("cannot connect to {target}: {message}"),
+            source,
+        },
+        ThreadStoreError::Authentication { message, source } => {
+            ThreadStoreError::Authentication {
+                message: format!("{target} refused the credentials: {message}"),
+                source,
+            }
+        }
+        other => other,
+    }
+}
+
+fn terminal_arg(terminal: Option<bool>) -> &'static str {
+    match terminal {
+        None => "",
+        Some(false) => "0",
+        Some(true) => "1",
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(id: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|err| {
+        ThreadStoreError::invalid_input(format!(
+            "the data of thread '{id}' cannot be encoded as JSON: {err}"
+        ))
+    })
+}
+
+fn append_result(
+    id: &str,
+    precondition: VersionPrecondition,
+    reply: Result<WriteReply>,
+) -> Result<Committed> {
+    match reply? {
+        WriteReply::Ok(committed) => Ok(committed),
+        WriteReply::NotFound => Err(ThreadStoreError::NotFound { id: id.to_owned() }),
+        other => {
+            let expected = match precondition {
+                VersionPrecondition::Exact(v) => Some(v),
+                VersionPrecondition::Any => None,
+            };
+            Err(write_error(id, expected, other))
+        }
+    }
+}
+
+fn write_error(id: &str, expected: Option<u64>, reply: WriteReply) -> ThreadStoreError {
+    match reply {
+        WriteReply::Conflict(actual) => ThreadStoreError::VersionConflict {
+            id: id.to_owned(),
+            expected: expected.unwrap_or_default(),
+            actual,
+        },
+        WriteReply::NotFound => ThreadStoreError::NotFound { id: id.to_owned() },
+        WriteReply::Exists => ThreadStoreError::AlreadyExists { id: id.to_owned() },
+        WriteReply::Corrupt(reason) => ThreadStoreError::corrupt(id, reason),
+        WriteReply::BadIndex(key) => ThreadStoreError::Backend {
+            message: format!("the index key {key} is not a sorted set; nothing was written"),
+            source: None,
+        },
+        WriteReply::Moved { .. } | WriteReply::Ok(_) => {
+            unexpected(id, "a reply that does not fit this write")
+        }
+    }
+}
+
+fn parse_write_reply(id: &str, reply: Value) -> Result<WriteReply> {
+    let mut items = reply_items(id, reply)?.into_iter();
+    Ok(match status(id, items.next())?.as_str() {
+        "ok" => WriteReply::Ok(Committed {
+            version: int(id, items.next())?,
+            last_seq: int(id, items.next())?,
+            appended: int(id, items.next())?,
+            skipped: int(id, items.next())?,
+        }),
+        "notfound" => WriteReply::NotFound,
+        "exists" => WriteReply::Exists,
+        "conflict" => WriteReply::Conflict(int(id, items.next())?),
+        "moved" => WriteReply::Moved {
+            kind: opt_string(id, items.next())?.unwrap_or_default(),
+            parent: opt_string(id, items.next())?,
+        },
+        "corrupt" => WriteReply::Corrupt(
+            opt_string(id, items.next())?.unwrap_or_else(|| "unreadable record".to_owned()),
+        ),
+        "badindex" => WriteReply::BadIndex(opt_string(id, items.next())?.unwrap_or_default()),
+        other => return Err(unexpected(id, other)),
+    })
+}
+
+fn reply_items(id: &str, reply: Value) -> Result<Vec<Value>> {
+    match reply {
+        Value::Array(items) => Ok(items),
+        other => Err(unexpected(id, &format!("{other:?}"))),
+    }
+}
+
+fn status(id: &str, item: Option<Value>) -> Result<String> {
+    opt_string(id, item)?.ok_or_else(|| unexpected(id, "an empty reply"))
+}
+
+/// A string of a script's reply; `None` for an empty string or nil.
+fn opt_string(id: &str, item: Option<Value>) -> Result<Option<String>> {
+    match item {
+        Some(Value::BulkString(bytes)) if bytes.is_empty() => Ok(None),
+        Some(Value::BulkString(bytes)) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| unexpected(id, "a reply that is not UTF-8")),
+        Some(Value::SimpleString(s)) if s.is_empty() => Ok(None),
+        Some(Value::SimpleString(s)) => Ok(Some(s)),
+        None | Some(Value::Nil) => Ok(None),
+        Some(other) => Err(unexpected(id, &format!("{other:?}"))),
+    }
+}
+
+fn int(id: &str, item: Option<Value>) -> Result<u64> {
+    match item {
+        Some(Value::Int(n)) => u64::try_from(n).map_err(|_| unexpected(id, "a negative number")),
+        other => Err(unexpected(id, &format!("{other:?} where a number was due"))),
+    }
+}
+
+fn corrupt_reason(id: &str, item: Option<Value>) -> ThreadStoreError {
+    let reason = opt_string(id, item)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "unreadable record".to_owned());
+    ThreadStoreError::corrupt(id, reason)
+}
+
+fn unexpected(id: &str, what: &str) -> ThreadStoreError {
+    ThreadStoreError::Backend {
+        message: format!("unexpected answer from a script on thread '{id}': {what}"),
+        source: None,
+    }
+}
+
+/// A copy of an error for each request of a batch that it failed.
+fn clone_error(err: &ThreadStoreError) -> ThreadStoreError {
+    match err {
+        ThreadStoreError::Unavailable { message, .. } => ThreadStoreError::unavailable(message),
+        ThreadStoreError::Timeout { message, .. } => ThreadStoreError::Timeout {
+            message: message.clone(),
+            source: None,
+        },
+        ThreadStoreError::Authentication { message, .. } => ThreadStoreError::Authentication {
+            message: message.clone(),
+            source: None,
+        },
+        other => ThreadStoreError::Backend {
+            message: other.to_string(),
+            source: None,
+        },
+    }
+}
+
+/// Decodes a head from `HMGET` of [`HEAD_FIELDS`].
+fn parse_head(id: &str, values: Vec<Option<Vec<u8>>>) -> Result<Option<ThreadHead>> {
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut fields = values.into_iter();
+    let mut next = || fields.next().flatten();
+    let (kind, parent, meta, state, version, seq, term) =
+        (next(), next(), next(), next(), next(), next(), next());
+    let text = |field: &str, bytes: Option<Vec<u8>>| -> Result<String> {
+        let bytes = bytes.ok_or_else(|| {
+            ThreadStoreError::corrupt(id, format!("the head has no field '{field}'"))
+        })?;
+        String::from_utf8(bytes).map_err(|_| {
+            ThreadStoreError::corrupt(id, format!("the head field '{field}' is not UTF-8"))
+        })
+    };
+    let number = |field: &str, bytes: Option<Vec<u8>>| -> Result<u64> {
+        text(field, bytes)?.parse().map_err(|_| {
+            ThreadStoreError::corrupt(id, format!("the head field '{field}' is not a number"))
+        })
+    };
+    let kind = text("kind", kind)?;
+    let parent_id = parent.map(|p| text("parent", Some(p))).transpose()?;
+    let metadata: Metadata = serde_json::from_str(&text("meta", meta)?).map_err(|err| {
+        ThreadStoreError::corrupt(id, format!("the metadata is not a JSON object: {err}"))
+    })?;
+    let state = serde_json::from_str(&text("state", state)?).map_err(|err| {
+        ThreadStoreError::corrupt(id, format!("the state is not valid JSON: {err}"))
+    })?;
+    let version = number("v", version)?;
+    let last_seq = number("seq", seq)?;
+    let terminal = match text("term", term)?.as_str() {
+        "0" => false,
+        "1" => true,
+        other => {
+            return Err(ThreadStoreError::corrupt(
+                id,
+                format!("the finished mark is {other:?}, not 0 or 1"),
+            ));
+        }
+    };
+    Ok(Some(ThreadHead {
+        id: id.to_owned(),
+        kind,
+        parent_id,
+        metadata,
+        state,
+        version,
+        last_seq,
+        terminal,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_parameter_is_taken_out_of_the_url() {
+        let (url, target, prefix) =
+            split_url("redis://user:secret@127.0.0.1:6380/2?prefix=tenant-a&protocol=resp3")
+                .expect("valid URL");
+        assert_eq!(prefix.as_deref(), Some("tenant-a"));
+        assert_eq!(url, "redis://user:secret@127.0.0.1:6380/2?protocol=resp3");
+        assert!(!target.contains("secret"), "{target}");
+
+        let (url, _, prefix) = split_url("redis://127.0.0.1/?prefix=p").expect("valid URL");
+        assert_eq!(prefix.as_deref(), Some("p"));
+        assert_eq!(url, "redis://127.0.0.1/");
+    }
+
+    #[test]
+    fn other_schemes_are_refused() {
+        let err = split_url("http://127.0.0.1").expect_err("not redis");
+        assert!(matches!(err, ThreadStoreError::InvalidInput { .. }), "{err:?}");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn rediss_without_the_tls_feature_fails_loudly() {
+        let err = split_url("rediss://:pw@example.invalid:6380").expect_err("no TLS");
+        assert!(
+            err.to_string().contains("feature `tls`"),
+            "the error names the feature: {err}"
+        );
+        assert!(!err.to_string().contains("pw@"), "no password in {err}");
+    }
+
+    #[test]
+    fn a_head_with_garbage_is_corrupt() {
+        let some = |s: &str| Some(s.as_bytes().to_vec());
+        let good = vec![
+            some("task"),
+            None,
+            some("{}"),
+            some("{\"a\":1}"),
+            some("3"),
+            some("2"),
+            some("1"),
+        ];
+        let head = parse_head("t", good.clone())
+            .expect("decodes")
+            .expect("present");
+        assert_eq!((head.version, head.last_seq, head.terminal), (3, 2, true));
+        assert_eq!(parse_head("t", vec![None; 7]).expect("absent"), None);
+
+        let mut bad_state = good.clone();
+        bad_state[3] = some("{not json");
+        let mut no_version = good.clone();
+        no_version[4] = None;
+        let mut bad_meta = good;
+        bad_meta[2] = some("[1]");
+        for bad in [bad_state, no_version, bad_meta] {
+            let err = parse_head("t", bad).expect_err("corrupt");
+            assert!(
+                matches!(&err, ThreadStoreError::Corrupt { id, .. } if id == "t"),
+                "{err:?}"
+            );
+        }
+    }
+}
