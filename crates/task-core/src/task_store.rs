@@ -17,7 +17,7 @@ use task_store::{
     VersionPrecondition,
 };
 
-use crate::model::{now_ms, type_supports_resume, validate_task_input, validate_task_id};
+use crate::model::{now_ms, type_supports_resume, validate_task_id, validate_task_input};
 use crate::state::{Outcome, TaskRecord, Transition, apply};
 use crate::{NewTaskSpec, TaskError, TaskId};
 
@@ -133,12 +133,11 @@ impl TaskStore {
                 reason: format!("thread kind is {:?}, not \"task\"", head.kind),
             });
         }
-        let record = serde_json::from_value::<TaskRecord>(head.state).map_err(|e| {
-            TaskError::Corrupt {
+        let record =
+            serde_json::from_value::<TaskRecord>(head.state).map_err(|e| TaskError::Corrupt {
                 task_id: task_id.to_owned(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Some(VersionedRecord {
             record,
             version: head.version,
@@ -263,13 +262,10 @@ impl TaskStore {
                         messages: plan.messages,
                         ..thread
                     };
-                    self.store
-                        .create(thread)
-                        .await
-                        .map(|c| VersionedRecord {
-                            record,
-                            version: c.version,
-                        })
+                    self.store.create(thread).await.map(|c| VersionedRecord {
+                        record,
+                        version: c.version,
+                    })
                 }
                 (Some(cur), None) if plan.messages.is_empty() => return Ok(cur.clone()),
                 (Some(cur), record) => {
@@ -301,8 +297,7 @@ impl TaskStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last_conflict
-            .map_or_else(|| TaskError::unknown(task_id), TaskError::Store))
+        Err(last_conflict.map_or_else(|| TaskError::unknown(task_id), TaskError::Store))
     }
 }
 

@@ -66,7 +66,9 @@ async fn a_task_completes_with_its_result_and_timing() {
 async fn a_failed_result_ends_failed_with_its_error() {
     let m = BackgroundTaskManager::new();
     let id = m
-        .spawn("o", "t", "d", |_| async { TaskResult::Failed("boom".into()) })
+        .spawn("o", "t", "d", |_| async {
+            TaskResult::Failed("boom".into())
+        })
         .await
         .expect("spawn");
     let s = m.wait("o", &id).await.expect("known");
@@ -175,7 +177,9 @@ async fn cancelling_the_callers_token_is_a_cancellation_request() {
 async fn cancel_of_a_finished_task_says_it_is_not_running() {
     let m = BackgroundTaskManager::new();
     let id = m
-        .spawn("o", "t", "d", |_| async { TaskResult::Success(json!(null)) })
+        .spawn("o", "t", "d", |_| async {
+            TaskResult::Success(json!(null))
+        })
         .await
         .expect("spawn");
     m.wait("o", &id).await.expect("known");
@@ -280,9 +284,11 @@ async fn spawning_an_id_that_is_still_running_is_refused() {
     let m = BackgroundTaskManager::new();
     spawn_until_cancelled(&m, "dup", "o", None).await;
     let err = m
-        .spawn_with_id(params("dup", "o", None), RunCancellationToken::new(), |_| async {
-            TaskResult::Success(json!(null))
-        })
+        .spawn_with_id(
+            params("dup", "o", None),
+            RunCancellationToken::new(),
+            |_| async { TaskResult::Success(json!(null)) },
+        )
         .await
         .expect_err("still running");
     assert!(matches!(err, TaskError::AlreadyRunning { .. }), "{err:?}");
@@ -296,21 +302,32 @@ async fn respawning_a_finished_id_starts_a_new_epoch_and_ignores_the_old_one() {
         .build();
     let (release_old, old_released) = oneshot::channel::<()>();
     let (old_done_tx, old_done) = oneshot::channel::<()>();
-    m.spawn_with_id(params("job", "o", None), RunCancellationToken::new(), |_| async move {
-        // Ignores its cancellation; finishes only when released.
-        let _ = old_released.await;
-        let _ = old_done_tx.send(());
-        TaskResult::Success(json!("old epoch"))
-    })
+    m.spawn_with_id(
+        params("job", "o", None),
+        RunCancellationToken::new(),
+        |_| async move {
+            // Ignores its cancellation; finishes only when released.
+            let _ = old_released.await;
+            let _ = old_done_tx.send(());
+            TaskResult::Success(json!("old epoch"))
+        },
+    )
     .await
     .expect("spawn");
-    assert!(m.update_status("job", TaskStatus::Failed, Some("superseded".into())).await);
+    assert!(
+        m.update_status("job", TaskStatus::Failed, Some("superseded".into()))
+            .await
+    );
 
     let (release_new, new_released) = oneshot::channel::<()>();
-    m.spawn_with_id(params("job", "o", None), RunCancellationToken::new(), |_| async move {
-        let _ = new_released.await;
-        TaskResult::Success(json!("new epoch"))
-    })
+    m.spawn_with_id(
+        params("job", "o", None),
+        RunCancellationToken::new(),
+        |_| async move {
+            let _ = new_released.await;
+            TaskResult::Success(json!("new epoch"))
+        },
+    )
     .await
     .expect("a finished id may be spawned again");
     let s = m.get("o", "job").await.expect("known");
@@ -319,7 +336,11 @@ async fn respawning_a_finished_id_starts_a_new_epoch_and_ignores_the_old_one() {
     release_old.send(()).expect("old task waits");
     old_done.await.expect("old epoch returned");
     let s = m.get("o", "job").await.expect("known");
-    assert_eq!(s.status, TaskStatus::Running, "the old epoch's result is ignored");
+    assert_eq!(
+        s.status,
+        TaskStatus::Running,
+        "the old epoch's result is ignored"
+    );
 
     release_new.send(()).expect("new task waits");
     let s = m.wait("o", "job").await.expect("known");
@@ -388,9 +409,18 @@ async fn list_is_in_creation_order_and_filters_by_status_and_type() {
     }
     let ids = |v: Vec<task_core::TaskSummary>| v.into_iter().map(|s| s.task_id).collect::<Vec<_>>();
     assert_eq!(ids(m.list("o", None).await), ["t0", "t1", "t2", "t3", "t4"]);
-    assert_eq!(ids(m.list("o", Some(TaskStatus::Completed)).await), ["t0", "t1"]);
-    assert_eq!(ids(m.list("o", Some(TaskStatus::Running)).await), ["t2", "t3", "t4"]);
-    assert_eq!(ids(m.list_by_type("o", "even", None).await), ["t0", "t2", "t4"]);
+    assert_eq!(
+        ids(m.list("o", Some(TaskStatus::Completed)).await),
+        ["t0", "t1"]
+    );
+    assert_eq!(
+        ids(m.list("o", Some(TaskStatus::Running)).await),
+        ["t2", "t3", "t4"]
+    );
+    assert_eq!(
+        ids(m.list_by_type("o", "even", None).await),
+        ["t0", "t2", "t4"]
+    );
     assert_eq!(
         ids(m.list_by_type("o", "odd", Some(TaskStatus::Running)).await),
         ["t3"]
@@ -402,7 +432,9 @@ async fn list_is_in_creation_order_and_filters_by_status_and_type() {
 async fn gc_terminal_drops_only_finished_tasks_of_that_owner() {
     let m = BackgroundTaskManager::new();
     let done = m
-        .spawn("o", "t", "d", |_| async { TaskResult::Success(json!(null)) })
+        .spawn("o", "t", "d", |_| async {
+            TaskResult::Success(json!(null))
+        })
         .await
         .expect("spawn");
     m.wait("o", &done).await.expect("known");
@@ -413,14 +445,19 @@ async fn gc_terminal_drops_only_finished_tasks_of_that_owner() {
     m.wait("o", &stopped).await.expect("known");
     spawn_until_cancelled(&m, "running", "o", None).await;
     let other = m
-        .spawn("other", "t", "d", |_| async { TaskResult::Success(json!(null)) })
+        .spawn("other", "t", "d", |_| async {
+            TaskResult::Success(json!(null))
+        })
         .await
         .expect("spawn");
     m.wait("other", &other).await.expect("known");
 
     assert_eq!(m.gc_terminal("o").await, 1);
     assert!(!m.contains("o", &done).await);
-    assert!(m.contains("o", &stopped).await, "stopped is resumable, kept");
+    assert!(
+        m.contains("o", &stopped).await,
+        "stopped is resumable, kept"
+    );
     assert!(m.contains("o", "running").await);
     assert!(m.contains("other", &other).await);
     assert_eq!(m.gc_terminal("o").await, 0);
@@ -432,11 +469,17 @@ async fn update_status_finishes_a_running_task_once() {
     spawn_until_cancelled(&m, "u", "o", None).await;
     assert!(!m.update_status("u", TaskStatus::Running, None).await);
     assert!(!m.update_status("unknown", TaskStatus::Failed, None).await);
-    assert!(m.update_status("u", TaskStatus::Failed, Some("by hand".into())).await);
+    assert!(
+        m.update_status("u", TaskStatus::Failed, Some("by hand".into()))
+            .await
+    );
     let s = m.wait("o", "u").await.expect("known");
     assert_eq!(s.status, TaskStatus::Failed);
     assert_eq!(s.error.as_deref(), Some("by hand"));
-    assert!(!m.update_status("u", TaskStatus::Completed, None).await, "write-once");
+    assert!(
+        !m.update_status("u", TaskStatus::Completed, None).await,
+        "write-once"
+    );
     assert!(!m.has_running_tasks("o").await);
 }
 
@@ -473,9 +516,16 @@ async fn bad_input_is_refused_with_a_typed_error_and_changes_nothing() {
             })
             .await
             .expect_err("refused");
-        assert!(matches!(err, TaskError::InvalidInput { .. }), "{shown}: {err:?}");
+        assert!(
+            matches!(err, TaskError::InvalidInput { .. }),
+            "{shown}: {err:?}"
+        );
     }
-    assert!(m.spawn("", "t", "d", |_| async { TaskResult::Cancelled }).await.is_err());
+    assert!(
+        m.spawn("", "t", "d", |_| async { TaskResult::Cancelled })
+            .await
+            .is_err()
+    );
     assert!(!m.contains_any("id").await);
     assert!(m.list("o", None).await.is_empty());
 }
@@ -491,13 +541,20 @@ async fn retention_keeps_at_most_n_terminal_tasks_per_owner() {
     let mut ids = Vec::new();
     for _ in 0..5 {
         let id = m
-            .spawn("o", "t", "d", |_| async { TaskResult::Success(json!(null)) })
+            .spawn("o", "t", "d", |_| async {
+                TaskResult::Success(json!(null))
+            })
             .await
             .expect("spawn");
         m.wait("o", &id).await.expect("known");
         ids.push(id);
     }
-    let kept: Vec<_> = m.list("o", None).await.into_iter().map(|s| s.task_id).collect();
+    let kept: Vec<_> = m
+        .list("o", None)
+        .await
+        .into_iter()
+        .map(|s| s.task_id)
+        .collect();
     assert_eq!(kept, ids[3..]);
 }
 
@@ -510,13 +567,14 @@ async fn retention_drops_terminal_tasks_older_than_max_age() {
         })
         .build();
     let old = m
-        .spawn("o", "t", "d", |_| async { TaskResult::Success(json!(null)) })
+        .spawn("o", "t", "d", |_| async {
+            TaskResult::Success(json!(null))
+        })
         .await
         .expect("spawn");
     m.wait("o", &old).await.expect("known");
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(m.list("o", None).await.is_empty(), "aged out");
-
 }
 
 #[tokio::test]
@@ -545,7 +603,10 @@ async fn retention_never_collects_a_task_someone_is_waiting_on() {
     // wait, before the task is released.
     tokio::task::yield_now().await;
     release.send(()).expect("task waits");
-    let s = waiter.await.expect("join").expect("the waiter sees the task");
+    let s = waiter
+        .await
+        .expect("join")
+        .expect("the waiter sees the task");
     assert_eq!(s.status, TaskStatus::Completed);
     assert_eq!(s.result, Some(json!("kept for the waiter")));
     // With the waiter gone, the next listing applies the policy.

@@ -180,7 +180,10 @@ async fn transition_reloads_and_retries_after_a_version_conflict() {
             id == "task:t1"
                 && *p == VersionPrecondition::Exact(2)
                 && changes.terminal == Some(true)
-                && changes.state.as_ref().is_some_and(|s| s["status"] == "completed")
+                && changes
+                    .state
+                    .as_ref()
+                    .is_some_and(|s| s["status"] == "completed")
                 && changes.messages[0].id.as_deref() == Some("a1:completed")
         })
         .times(1)
@@ -272,7 +275,10 @@ async fn endless_conflicts_end_in_a_conflict_error_not_a_loop() {
         .await
         .expect_err("gives up");
     assert!(
-        matches!(err, TaskError::Store(ThreadStoreError::VersionConflict { .. })),
+        matches!(
+            err,
+            TaskError::Store(ThreadStoreError::VersionConflict { .. })
+        ),
         "{err:?}"
     );
 }

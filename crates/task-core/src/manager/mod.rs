@@ -17,8 +17,8 @@ use crate::context::TaskContext;
 use crate::model::{now_ms, type_supports_resume, validate_task_input};
 use crate::state::TaskRecord;
 use crate::{
-    NewTaskSpec, RunCancellationToken, SpawnParams, TaskError, TaskEvent, TaskEventKind, TaskId, TaskResult,
-    TaskStatus, TaskStore, TaskSummary, new_task_id,
+    NewTaskSpec, RunCancellationToken, SpawnParams, TaskError, TaskEvent, TaskEventKind, TaskId,
+    TaskResult, TaskStatus, TaskStore, TaskSummary, new_task_id,
 };
 
 use persist::{Backoff, Job, Outbox, Step};
@@ -381,10 +381,9 @@ impl BackgroundTaskManager {
                 },
             );
         }
-        let event = inner.event_for(&entry, TaskEventKind::Spawned);
+        inner.emit(&entry, TaskEventKind::Spawned);
         reg.insert(task_id.clone(), entry);
         drop(reg);
-        inner.send(event);
         Ok(task_id)
     }
 
@@ -408,9 +407,7 @@ impl BackgroundTaskManager {
                 status: entry.summary.status,
             });
         }
-        let event = request_cancel(&self.inner, entry);
-        drop(reg);
-        self.inner.send(event);
+        request_cancel(&self.inner, entry);
         Ok(())
     }
 
@@ -435,24 +432,19 @@ impl BackgroundTaskManager {
             .summary
             .status;
         let mut cancelled = Vec::new();
-        let mut events = Vec::new();
         for id in reg.tree(owner, task_id) {
             if let Some(entry) = reg.visible_mut(owner, &id)
                 && entry.summary.status == TaskStatus::Running
             {
-                events.push(request_cancel(&self.inner, entry));
+                request_cancel(&self.inner, entry);
                 cancelled.push(entry.summary.clone());
             }
         }
-        drop(reg);
         if cancelled.is_empty() {
             return Err(TaskError::NotRunning {
                 task_id: task_id.to_owned(),
                 status: root_status,
             });
-        }
-        for event in events {
-            self.inner.send(event);
         }
         Ok(cancelled)
     }
@@ -498,7 +490,11 @@ impl BackgroundTaskManager {
                         }
                     }
                     // Collected or re-spawned meanwhile: report what is there.
-                    other => return other.filter(|e| e.owner == owner).map(|e| e.summary.clone()),
+                    other => {
+                        return other
+                            .filter(|e| e.owner == owner)
+                            .map(|e| e.summary.clone());
+                    }
                 }
             }
             notified.await;
@@ -594,14 +590,12 @@ impl BackgroundTaskManager {
             return false;
         }
         let owner = entry.owner.clone();
-        let event = inner.settle(entry, status, None, error);
+        inner.settle(entry, status, None, error);
         entry.token.cancel();
         if was == TaskStatus::Running {
             reg.mark_not_running(&owner);
         }
         inner.enforce_retention(&mut reg, &owner);
-        drop(reg);
-        inner.send(event);
         true
     }
 
@@ -638,13 +632,12 @@ impl Drop for WaiterGuard {
 }
 
 /// Marks a running entry's cancellation requested and cancels its token.
-fn request_cancel(inner: &Inner, entry: &mut Entry) -> Option<TaskEvent> {
-    if entry.cancel_requested {
-        return None;
+fn request_cancel(inner: &Inner, entry: &mut Entry) {
+    if !entry.cancel_requested {
+        entry.cancel_requested = true;
+        entry.token.cancel();
+        inner.emit(entry, TaskEventKind::CancelRequested);
     }
-    entry.cancel_requested = true;
-    entry.token.cancel();
-    inner.event_for(entry, TaskEventKind::CancelRequested)
 }
 
 /// Runs one task to its end and records the outcome.
@@ -690,20 +683,17 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An event for `entry`, if anybody listens.
-    fn event_for(&self, entry: &Entry, kind: TaskEventKind) -> Option<TaskEvent> {
-        (self.events.receiver_count() > 0).then(|| TaskEvent {
-            owner_thread_id: entry.owner.clone(),
-            task_id: entry.summary.task_id.clone(),
-            attempt: entry.summary.attempt,
-            kind,
-        })
-    }
-
-    fn send(&self, event: Option<TaskEvent>) {
-        if let Some(event) = event {
-            // No receiver is not an error: nobody asked to be told.
-            let _ = self.events.send(event);
+    /// Sends an event about `entry` if anybody listens. Called under the
+    /// registry lock, so events are sent in the order the changes happened.
+    fn emit(&self, entry: &Entry, kind: TaskEventKind) {
+        if self.events.receiver_count() > 0 {
+            // A send fails only when every receiver is gone: nobody to tell.
+            let _ = self.events.send(TaskEvent {
+                owner_thread_id: entry.owner.clone(),
+                task_id: entry.summary.task_id.clone(),
+                attempt: entry.summary.attempt,
+                kind,
+            });
         }
     }
 
@@ -740,11 +730,9 @@ impl Inner {
         };
         entry.abort = None;
         let owner = entry.owner.clone();
-        let event = self.settle(entry, status, result, error);
+        self.settle(entry, status, result, error);
         reg.mark_not_running(&owner);
         self.enforce_retention(&mut reg, &owner);
-        drop(reg);
-        self.send(event);
     }
 
     /// Writes a finished outcome into an entry, wakes its waiters and queues
@@ -755,7 +743,7 @@ impl Inner {
         status: TaskStatus,
         result: Option<Value>,
         error: Option<String>,
-    ) -> Option<TaskEvent> {
+    ) {
         let at_ms = now_ms();
         entry.summary.status = status;
         entry.summary.result = result;
@@ -781,7 +769,7 @@ impl Inner {
                 },
             );
         }
-        self.event_for(entry, TaskEventKind::Finished { status })
+        self.emit(entry, TaskEventKind::Finished { status });
     }
 
     /// Output reported by a running task.
@@ -793,7 +781,9 @@ impl Inner {
         if entry.seq != epoch || entry.summary.status != TaskStatus::Running {
             return;
         }
-        let event = self.event_for(entry, TaskEventKind::Output(value.clone()));
+        if self.events.receiver_count() > 0 {
+            self.emit(entry, TaskEventKind::Output(value.clone()));
+        }
         if let Some(outbox) = &self.outbox {
             entry.output_seq += 1;
             entry.pending_writes += 1;
@@ -809,8 +799,6 @@ impl Inner {
                 },
             );
         }
-        drop(reg);
-        self.send(event);
     }
 
     /// The outbox reports a write: `resolved` steps are durable or given up;
@@ -848,10 +836,8 @@ impl Inner {
             None => return,
         };
         let owner = entry.owner.clone();
-        let event = self.event_for(entry, kind);
+        self.emit(entry, kind);
         self.enforce_retention(&mut reg, &owner);
-        drop(reg);
-        self.send(event);
     }
 
     /// Drops the owner's terminal tasks that the retention policy no longer

@@ -238,10 +238,7 @@ impl Writer {
         }
     }
 
-    fn start_write(
-        &mut self,
-        task_id: TaskId,
-    ) -> Option<impl Future<Output = Written> + use<>> {
+    fn start_write(&mut self, task_id: TaskId) -> Option<impl Future<Output = Written> + use<>> {
         let q = self.queues.get_mut(&task_id)?;
         if q.in_flight || q.delayed || q.steps.is_empty() {
             return None;
@@ -327,7 +324,14 @@ impl Writer {
                 tracing::debug!(task_id = %task_id, %error, ?delay, "task write failed; retrying");
                 self.delays.insert(task_id.clone(), delay);
                 if let Some(inner) = inner {
-                    inner.on_written(&task_id, epoch, 0, None, Some((error.to_string(), false)), false);
+                    inner.on_written(
+                        &task_id,
+                        epoch,
+                        0,
+                        None,
+                        Some((error.to_string(), false)),
+                        false,
+                    );
                 }
             }
         }
@@ -430,11 +434,20 @@ mod tests {
         };
         for _ in 0..100 {
             let d1 = b.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
             let d3 = b.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
             let d30 = b.delay(30);
-            assert!(d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2), "{d30:?}");
+            assert!(
+                d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2),
+                "{d30:?}"
+            );
         }
     }
 }

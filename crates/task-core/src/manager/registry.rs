@@ -79,7 +79,11 @@ impl Registry {
             owner.running += 1;
         }
         if let Some(parent) = &entry.summary.parent_task_id {
-            owner.children.entry(parent.clone()).or_default().push(id.clone());
+            owner
+                .children
+                .entry(parent.clone())
+                .or_default()
+                .push(id.clone());
         }
         self.tasks.insert(id, entry);
     }
