@@ -48,12 +48,10 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
         match (error.kind(), code.as_deref()) {
             (ErrorKind::AuthenticationFailed, _)
             | (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
-            | (ErrorKind::Server(ServerErrorKind::NoPerm), _) => {
-                ThreadStoreError::Authentication {
-                    message,
-                    source: Some(Box::new(error)),
-                }
-            }
+            | (ErrorKind::Server(ServerErrorKind::NoPerm), _) => ThreadStoreError::Authentication {
+                message,
+                source: Some(Box::new(error)),
+            },
             (_, Some("WRONGTYPE")) if thread.is_some() => ThreadStoreError::Corrupt {
                 id: thread.unwrap_or_default().to_owned(),
                 reason: format!("a key of the thread holds the wrong type: {message}"),
@@ -95,7 +93,10 @@ mod tests {
     #[test]
     fn timeouts_and_dropped_connections_are_retryable() {
         let timeout = map(io::Error::from(io::ErrorKind::TimedOut).into(), None);
-        assert!(matches!(timeout, ThreadStoreError::Timeout { .. }), "{timeout:?}");
+        assert!(
+            matches!(timeout, ThreadStoreError::Timeout { .. }),
+            "{timeout:?}"
+        );
         assert!(timeout.is_retryable());
         for kind in [
             io::ErrorKind::ConnectionReset,
@@ -104,7 +105,10 @@ mod tests {
             io::ErrorKind::UnexpectedEof,
         ] {
             let err = map(io::Error::from(kind).into(), Some("t"));
-            assert!(matches!(err, ThreadStoreError::Unavailable { .. }), "{err:?}");
+            assert!(
+                matches!(err, ThreadStoreError::Unavailable { .. }),
+                "{err:?}"
+            );
             assert!(err.is_retryable());
         }
     }
@@ -130,14 +134,20 @@ mod tests {
             redis::make_extension_error("WRONGPASS".into(), Some("invalid password".into())),
             None,
         );
-        assert!(matches!(auth, ThreadStoreError::Authentication { .. }), "{auth:?}");
+        assert!(
+            matches!(auth, ThreadStoreError::Authentication { .. }),
+            "{auth:?}"
+        );
         assert!(!auth.is_retryable());
 
         let script = map(
             redis::make_extension_error("ERR".into(), Some("user_script:1: oops".into())),
             Some("t1"),
         );
-        assert!(matches!(script, ThreadStoreError::Backend { .. }), "{script:?}");
+        assert!(
+            matches!(script, ThreadStoreError::Backend { .. }),
+            "{script:?}"
+        );
         assert!(!script.is_retryable());
     }
 }

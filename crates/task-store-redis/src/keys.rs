@@ -156,7 +156,9 @@ mod tests {
     fn prefixes_with_tag_or_glob_characters_are_refused() {
         assert!(validate_prefix("bgtask").is_ok());
         assert!(validate_prefix("app:tasks-1").is_ok());
-        for bad in ["", "a{b", "a}", "a*", "a?", "a[", "a]", "a\\", "a b", "a%", "a\n"] {
+        for bad in [
+            "", "a{b", "a}", "a*", "a?", "a[", "a]", "a\\", "a b", "a%", "a\n",
+        ] {
             assert!(validate_prefix(bad).is_err(), "{bad:?}");
         }
     }

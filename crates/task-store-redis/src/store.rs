@@ -9,10 +9,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use serde::{Deserialize, Serialize};
 use task_store::{
-    AppendRequest, ChangeSet, Committed, Message, MessagePage, MessageQuery, Metadata,
-    NewMessage, Result, Thread, ThreadHead, ThreadPage, ThreadQuery, ThreadReader,
-    ThreadStoreError, ThreadWriter, VersionPrecondition, effective_limit, validate_id,
-    validate_messages, validate_query, validate_thread,
+    AppendRequest, ChangeSet, Committed, Message, MessagePage, MessageQuery, Metadata, NewMessage,
+    Result, Thread, ThreadHead, ThreadPage, ThreadQuery, ThreadReader, ThreadStoreError,
+    ThreadWriter, VersionPrecondition, effective_limit, validate_id, validate_messages,
+    validate_query, validate_thread,
 };
 
 use crate::RedisStoreOptions;
@@ -525,7 +525,10 @@ impl ThreadReader for RedisStore {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for id in &ids {
-                pipe.cmd("HMGET").arg(keys.head(id)).arg("kind").arg("parent");
+                pipe.cmd("HMGET")
+                    .arg(keys.head(id))
+                    .arg("kind")
+                    .arg("parent");
             }
             let heads: Vec<Value> = pipe
                 .query_async(&mut conn)
@@ -771,12 +774,10 @@ fn with_target(err: ThreadStoreError, target: &str) -> ThreadStoreError {
             message: format!("cannot connect to {target}: {message}"),
             source,
         },
-        ThreadStoreError::Authentication { message, source } => {
-            ThreadStoreError::Authentication {
-                message: format!("{target} refused the credentials: {message}"),
-                source,
-            }
-        }
+        ThreadStoreError::Authentication { message, source } => ThreadStoreError::Authentication {
+            message: format!("{target} refused the credentials: {message}"),
+            source,
+        },
         other => other,
     }
 }
@@ -1000,7 +1001,10 @@ mod tests {
     #[test]
     fn other_schemes_are_refused() {
         let err = split_url("http://127.0.0.1").expect_err("not redis");
-        assert!(matches!(err, ThreadStoreError::InvalidInput { .. }), "{err:?}");
+        assert!(
+            matches!(err, ThreadStoreError::InvalidInput { .. }),
+            "{err:?}"
+        );
     }
 
     #[cfg(not(feature = "tls"))]
