@@ -44,17 +44,25 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
                 source: Some(Box::new(error)),
             };
         }
-        let code = error.code().map(str::to_owned);
+        // A pipeline's error carries the code of its first failed command.
+        let code = error.code().map(str::to_owned).or_else(|| {
+            error
+                .clone()
+                .into_server_errors()
+                .and_then(|errors| errors.first().map(|(_, e)| e.code().to_owned()))
+        });
+        if let (Some("WRONGTYPE"), Some(id)) = (code.as_deref(), thread) {
+            return ThreadStoreError::Corrupt {
+                id: id.to_owned(),
+                reason: format!("a key of the thread holds the wrong type: {message}"),
+            };
+        }
         match (error.kind(), code.as_deref()) {
             (ErrorKind::AuthenticationFailed, _)
             | (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
             | (ErrorKind::Server(ServerErrorKind::NoPerm), _) => ThreadStoreError::Authentication {
                 message,
                 source: Some(Box::new(error)),
-            },
-            (_, Some("WRONGTYPE")) if thread.is_some() => ThreadStoreError::Corrupt {
-                id: thread.unwrap_or_default().to_owned(),
-                reason: format!("a key of the thread holds the wrong type: {message}"),
             },
             (
                 ErrorKind::Io

@@ -485,8 +485,10 @@ async fn a_large_log_pages_through_in_order() {
         .await
         .expect("create");
     let batch: Vec<NewMessage> = (0..2500).map(|i| NewMessage::new(json!(i))).collect();
-    let mut changes = ChangeSet::default();
-    changes.messages = batch;
+    let changes = ChangeSet {
+        messages: batch,
+        ..ChangeSet::default()
+    };
     let committed = store
         .append("t", changes, VersionPrecondition::Exact(1))
         .await

@@ -1,0 +1,451 @@
+//! Fault tests with a real server: crashes and restarts, a paused server,
+//! wrong credentials and corrupt data. Each destructive test starts a private
+//! `redis-server` of its own (never `REDIS_URL`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use task_store::{
+    AppendRequest, ChangeSet, MessageQuery, NewMessage, Thread, ThreadQuery, ThreadReader,
+    ThreadReaderExt, ThreadStoreError, ThreadWriter, VersionPrecondition,
+};
+use task_store_redis::{RedisStore, RedisStoreOptions};
+use task_testkit::redis_server::{AppendFsync, RedisServer, private_server_or_skip};
+
+use support::{fast_options, purge, raw, shared_store, shared_url};
+
+/// Calls `op` until it succeeds, for at most `attempts` calls; every failure
+/// on the way must be retryable. Each failing call itself takes a bounded time
+/// (the response or connect timeout), so this waits for the server without
+/// sleeping.
+async fn until_ok<T, F, Fut>(attempts: usize, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = task_store::Result<T>>,
+{
+    let mut last = None;
+    for _ in 0..attempts {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) => {
+                assert!(
+                    err.is_retryable(),
+                    "only retryable errors on the way: {err:?}"
+                );
+                last = Some(err);
+            }
+        }
+    }
+    panic!("still failing after {attempts} attempts: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_and_the_store_reconnects_after_restart() {
+    let test = "acknowledged_writes_survive_sigkill_and_the_store_reconnects_after_restart";
+    let builder = RedisServer::builder()
+        .appendonly(true)
+        .appendfsync(AppendFsync::Always);
+    let Some(mut server) = private_server_or_skip(test, builder) else {
+        return;
+    };
+    let store = RedisStore::connect_with(&server.url(), fast_options())
+        .await
+        .expect("connect");
+
+    // Acknowledged writes: 50 threads, each finished with a message.
+    for i in 0..50 {
+        let id = format!("task:{i}");
+        let created = store
+            .create(Thread::new(&id, "task").with_parent("owner"))
+            .await
+            .expect("create");
+        store
+            .append(
+                &id,
+                ChangeSet::state(json!({"status": "completed", "i": i}))
+                    .with_message(NewMessage::with_id("done", json!(i)))
+                    .with_terminal(true),
+                VersionPrecondition::Exact(created.version),
+            )
+            .await
+            .expect("finish");
+    }
+
+    server.kill().expect("SIGKILL");
+
+    // During the outage a call fails quickly and says it may be retried.
+    let started = Instant::now();
+    let err = store.load("task:0").await.expect_err("server is down");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "failed fast, not after a long reconnect loop: {:?}",
+        started.elapsed()
+    );
+
+    server.restart().expect("restart on the same port and data");
+
+    // The same store reconnects by itself.
+    let head = until_ok(20, || store.load("task:49")).await;
+    let head = head.expect("task:49 survived");
+    assert_eq!(head.version, 2);
+    assert!(head.terminal);
+    for i in 0..50 {
+        let id = format!("task:{i}");
+        let head = store.load(&id).await.expect("load").expect("survived");
+        assert_eq!(head.state, json!({"status": "completed", "i": i}), "{id}");
+        let messages = store.load_all_messages(&id).await.expect("messages");
+        assert_eq!(messages.len(), 1, "{id}");
+    }
+    let listed = store
+        .list_all_threads(ThreadQuery::by_parent("owner"))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 50);
+
+    // The restarted server has an empty script cache: batches reload it.
+    let results = store
+        .append_batch(
+            (0..50)
+                .map(|i| AppendRequest {
+                    id: format!("task:{i}"),
+                    changes: ChangeSet::default()
+                        .with_message(NewMessage::with_id("after-restart", json!(i))),
+                    precondition: VersionPrecondition::Exact(2),
+                })
+                .collect(),
+        )
+        .await;
+    for (i, result) in results.iter().enumerate() {
+        let committed = result.as_ref().expect("batch after restart");
+        assert_eq!(committed.version, 3, "task:{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pause_past_the_response_timeout_gives_a_retryable_timeout_not_a_hang() {
+    let test = "server_pause_past_the_response_timeout_gives_a_retryable_timeout_not_a_hang";
+    let Some(server) = private_server_or_skip(test, RedisServer::builder()) else {
+        return;
+    };
+    let options = fast_options().with_response_timeout(Duration::from_millis(200));
+    let store = RedisStore::connect_with(&server.url(), options)
+        .await
+        .expect("connect");
+    store
+        .create(Thread::new("t", "task"))
+        .await
+        .expect("create");
+
+    let answer = server
+        .command(&["CLIENT", "PAUSE", "1500", "ALL"])
+        .expect("CLIENT PAUSE");
+    assert_eq!(answer, "+OK");
+
+    let started = Instant::now();
+    let err = store.load("t").await.expect_err("paused");
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, ThreadStoreError::Timeout { .. }),
+        "a timeout: {err:?}"
+    );
+    assert!(err.is_retryable());
+    assert!(waited < Duration::from_millis(1200), "no hang: {waited:?}");
+
+    // A write during the pause times out too: its outcome is unknown. Retried
+    // as it was (same message id), it is applied once.
+    let changes = ChangeSet::default().with_message(NewMessage::with_id("once", json!(1)));
+    let err = store
+        .append("t", changes.clone(), VersionPrecondition::Any)
+        .await
+        .expect_err("paused");
+    assert!(err.is_retryable(), "{err:?}");
+    until_ok(30, || {
+        store.append("t", changes.clone(), VersionPrecondition::Any)
+    })
+    .await;
+    let messages = store.load_all_messages("t").await.expect("messages");
+    assert_eq!(messages.len(), 1, "applied exactly once: {messages:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_an_authentication_error() {
+    let test = "a_wrong_password_is_an_authentication_error";
+    let builder = RedisServer::builder().requirepass("right-password");
+    let Some(server) = private_server_or_skip(test, builder) else {
+        return;
+    };
+    let port = server.port();
+    for url in [
+        format!("redis://:wrong-password@127.0.0.1:{port}/"),
+        format!("redis://default:wrong-password@127.0.0.1:{port}/"),
+        format!("redis://127.0.0.1:{port}/"),
+    ] {
+        let err = RedisStore::connect_with(&url, fast_options())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, ThreadStoreError::Authentication { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(!err.is_retryable());
+        assert!(
+            !err.to_string().contains("wrong-password"),
+            "no secret in {err}"
+        );
+    }
+    let store = RedisStore::connect_with(&server.url(), fast_options())
+        .await
+        .expect("the right password works");
+    store
+        .create(Thread::new("t", "task"))
+        .await
+        .expect("create");
+}
+
+#[tokio::test]
+async fn an_acl_user_restricted_to_its_prefix_can_run_the_store() {
+    let test = "an_acl_user_restricted_to_its_prefix_can_run_the_store";
+    let Some(server) = private_server_or_skip(test, RedisServer::builder()) else {
+        return;
+    };
+    let answer = server
+        .command(&[
+            "ACL",
+            "SETUSER",
+            "tasks",
+            "on",
+            ">s3cret",
+            "~app:*",
+            "-@all",
+            "+@read",
+            "+@write",
+            "+@scripting",
+            "-@dangerous",
+            "+ping",
+        ])
+        .expect("ACL SETUSER");
+    assert_eq!(answer, "+OK");
+    let url = format!(
+        "redis://tasks:s3cret@127.0.0.1:{}/?prefix=app",
+        server.port()
+    );
+    let store = RedisStore::connect_with(&url, fast_options())
+        .await
+        .expect("the restricted user connects");
+    store
+        .create(Thread::new("t{1}", "task").with_parent("p"))
+        .await
+        .expect("create");
+    store
+        .append(
+            "t{1}",
+            ChangeSet::state(json!(2)),
+            VersionPrecondition::Exact(1),
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        store
+            .list_all_threads(ThreadQuery::by_parent("p"))
+            .await
+            .expect("list"),
+        vec!["t{1}"]
+    );
+    store.delete("t{1}").await.expect("delete");
+
+    // The same user under another prefix is refused, as an authentication error.
+    let other = format!(
+        "redis://tasks:s3cret@127.0.0.1:{}/?prefix=other",
+        server.port()
+    );
+    let store = RedisStore::connect_with(&other, fast_options())
+        .await
+        .expect("connects; keys are checked per command");
+    let err = store.load("t").await.expect_err("outside the ACL pattern");
+    assert!(
+        matches!(err, ThreadStoreError::Authentication { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn corrupt_keys_give_corrupt_for_that_thread_only() {
+    let test = "corrupt_keys_give_corrupt_for_that_thread_only";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    for id in ["garbage-head", "bad-json", "wrong-log", "fine"] {
+        store
+            .create(
+                Thread::new(id, "task")
+                    .with_parent("p")
+                    .with_message(NewMessage::new(json!("m"))),
+            )
+            .await
+            .expect("create");
+    }
+    let mut conn = raw(&url).await;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg(format!("{prefix}:{{garbage-head}}:head"))
+        .arg("\u{1}garbage")
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}:{{bad-json}}:head"))
+        .arg("state")
+        .arg("{not json")
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("{prefix}:{{wrong-log}}:log"))
+        .ignore()
+        .cmd("LPUSH")
+        .arg(format!("{prefix}:{{wrong-log}}:log"))
+        .arg("x")
+        .ignore();
+    let _: () = pipe.query_async(&mut conn).await.expect("damage");
+
+    let corrupt_id = |err: ThreadStoreError| match err {
+        ThreadStoreError::Corrupt { id, .. } => id,
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+    assert_eq!(
+        corrupt_id(store.load("garbage-head").await.expect_err("garbage")),
+        "garbage-head"
+    );
+    assert_eq!(
+        corrupt_id(store.load("bad-json").await.expect_err("bad JSON")),
+        "bad-json"
+    );
+    assert_eq!(
+        corrupt_id(
+            store
+                .load_messages("wrong-log", MessageQuery::default())
+                .await
+                .expect_err("wrong type")
+        ),
+        "wrong-log"
+    );
+    assert_eq!(
+        corrupt_id(
+            store
+                .load_messages("garbage-head", MessageQuery::default())
+                .await
+                .expect_err("wrong type")
+        ),
+        "garbage-head"
+    );
+
+    // Writes refuse without writing anything.
+    let changes = ChangeSet::state(json!(1)).with_message(NewMessage::with_id("x", json!(1)));
+    for id in ["garbage-head", "wrong-log"] {
+        let err = store
+            .append(id, changes.clone(), VersionPrecondition::Any)
+            .await
+            .expect_err("corrupt");
+        assert_eq!(corrupt_id(err), id);
+    }
+    let err = store
+        .save(Thread::new("garbage-head", "task"))
+        .await
+        .expect_err("corrupt");
+    assert_eq!(corrupt_id(err), "garbage-head");
+    let mids: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}:{{garbage-head}}:mids"))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(mids, 0, "nothing written before the corruption was seen");
+    let head_type: String = redis::cmd("TYPE")
+        .arg(format!("{prefix}:{{wrong-log}}:head"))
+        .query_async(&mut conn)
+        .await
+        .expect("TYPE");
+    assert_eq!(head_type, "hash");
+    let version: String = redis::cmd("HGET")
+        .arg(format!("{prefix}:{{wrong-log}}:head"))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    assert_eq!(version, "1", "the refused append left the version alone");
+
+    // Everything else still works, and listing still lists all four.
+    let fine = store.load("fine").await.expect("load").expect("present");
+    assert_eq!(fine.version, 1);
+    assert_eq!(
+        store
+            .load_all_messages("fine")
+            .await
+            .expect("messages")
+            .len(),
+        1
+    );
+    store
+        .append("fine", changes, VersionPrecondition::Exact(1))
+        .await
+        .expect("other threads are writable");
+    let mut listed = store
+        .list_all_threads(ThreadQuery::by_parent("p"))
+        .await
+        .expect("list");
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec!["bad-json", "fine", "garbage-head", "wrong-log"]
+    );
+
+    // A corrupt thread can still be deleted.
+    store.delete("garbage-head").await.expect("delete");
+    assert_eq!(store.load("garbage-head").await.expect("load"), None);
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn append_batch_reloads_scripts_the_server_forgot() {
+    let test = "append_batch_reloads_scripts_the_server_forgot";
+    let Some(server) = private_server_or_skip(test, RedisServer::builder()) else {
+        return;
+    };
+    let store = RedisStore::connect_with(&server.url(), RedisStoreOptions::default())
+        .await
+        .expect("connect");
+    store
+        .create(Thread::new("a", "task"))
+        .await
+        .expect("create");
+    store
+        .create(Thread::new("b", "task"))
+        .await
+        .expect("create");
+    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
+    let results = store
+        .append_batch(
+            ["a", "b"]
+                .into_iter()
+                .map(|id| AppendRequest {
+                    id: id.to_owned(),
+                    changes: ChangeSet::state(json!("x")),
+                    precondition: VersionPrecondition::Exact(1),
+                })
+                .collect(),
+        )
+        .await;
+    for result in results {
+        assert_eq!(result.expect("reloaded and applied").version, 2);
+    }
+    // And a single write after another flush.
+    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
+    store
+        .append(
+            "a",
+            ChangeSet::state(json!("y")),
+            VersionPrecondition::Exact(2),
+        )
+        .await
+        .expect("invoke reloads on NOSCRIPT");
+}
