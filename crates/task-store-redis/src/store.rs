@@ -152,6 +152,12 @@ impl RedisStore {
         let (url, target, prefix) = split_url(url)?;
         let prefix = prefix.unwrap_or_else(|| options.prefix.clone());
         validate_prefix(&prefix)?;
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs one process-wide crypto provider; another part of
+            // the program may have installed one already, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
 
         let client = redis::Client::open(url.as_str()).map_err(|err| match err.kind() {
             ErrorKind::InvalidClientConfig => {

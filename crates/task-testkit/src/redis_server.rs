@@ -67,7 +67,19 @@ pub struct RedisServerBuilder {
     appendfsync: Option<AppendFsync>,
     save: Option<String>,
     requirepass: Option<String>,
+    tls: Option<TlsFiles>,
     extra: Vec<(String, String)>,
+}
+
+/// The certificate files of a server that also listens for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that signed it (PEM).
+    pub ca: PathBuf,
 }
 
 impl RedisServerBuilder {
@@ -97,6 +109,13 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Also listens for TLS on a second port ([`RedisServer::tls_url`]), with
+    /// these files; clients need no certificate of their own.
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Adds any other configuration line, `name value`.
     pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra.push((name.into(), value.into()));
@@ -121,6 +140,7 @@ impl RedisServerBuilder {
         let mut server = RedisServer {
             binary,
             port: 0,
+            tls_port: None,
             password: self.requirepass.clone(),
             config: dir.path().join("redis.conf"),
             process: None,
@@ -131,6 +151,9 @@ impl RedisServerBuilder {
             // The port is free now; another process may take it before the
             // server binds it, so a failure is retried on a new port.
             server.port = free_port()?;
+            if self.tls.is_some() {
+                server.tls_port = Some(free_port()?);
+            }
             server.write_config(&self)?;
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
@@ -147,6 +170,7 @@ impl RedisServerBuilder {
 pub struct RedisServer {
     binary: PathBuf,
     port: u16,
+    tls_port: Option<u16>,
     password: Option<String>,
     config: PathBuf,
     process: Option<Running>,
@@ -184,6 +208,16 @@ impl RedisServer {
             Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
             None => format!("redis://127.0.0.1:{}/", self.port),
         }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` (with the password if one is
+    /// required) when the server was built with [`RedisServerBuilder::tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let port = self.tls_port?;
+        Some(match &self.password {
+            Some(password) => format!("rediss://:{password}@127.0.0.1:{port}/"),
+            None => format!("rediss://127.0.0.1:{port}/"),
+        })
     }
 
     /// The TCP port the server listens on (kept across restarts).
@@ -322,6 +356,17 @@ impl RedisServer {
         }
         if let Some(password) = &builder.requirepass {
             lines.push(format!("requirepass {}", quote(password)));
+        }
+        if let (Some(files), Some(port)) = (&builder.tls, self.tls_port) {
+            lines.push(format!("tls-port {port}"));
+            for (name, path) in [
+                ("tls-cert-file", &files.cert),
+                ("tls-key-file", &files.key),
+                ("tls-ca-cert-file", &files.ca),
+            ] {
+                lines.push(format!("{name} {}", quote(&path.display().to_string())));
+            }
+            lines.push("tls-auth-clients no".to_owned());
         }
         for (name, value) in &builder.extra {
             lines.push(format!("{name} {}", quote(value)));
