@@ -5,9 +5,12 @@
 //!   [`conformance_tests!`].
 //! - [`FlakyStore`]: a `ThreadStore` wrapper that injects faults from a plan,
 //!   deterministically given a seed.
+//! - [`broken`]: deliberately broken stores, to show that the suite catches
+//!   what it claims to.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
 
+pub mod broken;
 pub mod conformance;
 mod flaky;
 pub mod redis_server;
