@@ -1,1 +1,683 @@
-//! FlakyStore (in progress).
+//! [`FlakyStore`]: a [`ThreadStore`] wrapper that injects faults from a
+//! plan, deterministically given a seed.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use task_store::{
+    AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread, ThreadHead,
+    ThreadPage, ThreadQuery, ThreadReader, ThreadStore, ThreadStoreError, ThreadWriter,
+    VersionPrecondition,
+};
+use tokio::sync::watch;
+
+/// The environment variable that seeds [`FlakyStore::new`], to replay a run.
+pub const SEED_ENV: &str = "FLAKY_STORE_SEED";
+
+/// A store operation that faults can be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// [`ThreadWriter::create`].
+    Create,
+    /// [`ThreadWriter::append`], and each request of
+    /// [`ThreadWriter::append_batch`].
+    Append,
+    /// [`ThreadWriter::save`].
+    Save,
+    /// [`ThreadWriter::delete`].
+    Delete,
+    /// [`ThreadReader::load`].
+    Load,
+    /// [`ThreadReader::load_messages`].
+    LoadMessages,
+    /// [`ThreadReader::list_threads`].
+    List,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 7] = [
+        Operation::Create,
+        Operation::Append,
+        Operation::Save,
+        Operation::Delete,
+        Operation::Load,
+        Operation::LoadMessages,
+        Operation::List,
+    ];
+
+    /// Whether the operation writes.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Operation::Create | Operation::Append | Operation::Save | Operation::Delete
+        )
+    }
+
+    /// The method's name: `"create"`, `"load_messages"`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Append => "append",
+            Operation::Save => "save",
+            Operation::Delete => "delete",
+            Operation::Load => "load",
+            Operation::LoadMessages => "load_messages",
+            Operation::List => "list_threads",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a [`Fault`] fires.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trigger {
+    /// On every call.
+    Always,
+    /// On each of the next n calls, then never again.
+    Next(usize),
+    /// On every k-th call counted from when the fault was added (the k-th,
+    /// the 2k-th...). `EveryNth(1)` is `Always`; `EveryNth(0)` never fires.
+    EveryNth(u64),
+    /// On each call with this probability (clamped into 0..=1), drawn from
+    /// the store's seeded RNG.
+    Probability(f64),
+}
+
+/// The retryable error an [`Effect::Fail`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    /// [`ThreadStoreError::Unavailable`]: the backend could not be reached.
+    #[default]
+    Unavailable,
+    /// [`ThreadStoreError::Timeout`]: the backend did not answer in time.
+    Timeout,
+}
+
+/// What a [`Fault`] does when it fires.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Fails the call without reaching the inner store.
+    Fail(FailureKind),
+    /// Lets the call reach the inner store (so a write is applied), then
+    /// reports [`ThreadStoreError::Timeout`] whatever the inner store said:
+    /// an ambiguous write, whose outcome the caller cannot know.
+    CommitThenFail,
+    /// Sleeps this long (in tokio time) before the call goes on.
+    Latency(Duration),
+    /// Holds the call until the handle is [released](HangHandle::release).
+    Hang(HangHandle),
+}
+
+/// One entry of a fault plan: an [`Effect`] and the [`Trigger`] that fires it.
+///
+/// Built from the effect, with [`Trigger::Always`] unless narrowed:
+/// `Fault::fail().next(3)`, `Fault::commit_then_fail().every(2)`,
+/// `Fault::fail_with(FailureKind::Timeout).with_probability(0.1)`.
+#[derive(Debug, Clone)]
+#[must_use = "a fault does nothing until it is given to FlakyStore::inject"]
+pub struct Fault {
+    /// What happens.
+    pub effect: Effect,
+    /// When.
+    pub trigger: Trigger,
+}
+
+impl Fault {
+    /// A fault with this effect and trigger.
+    pub fn new(effect: Effect, trigger: Trigger) -> Self {
+        Self { effect, trigger }
+    }
+
+    /// Fails with [`ThreadStoreError::Unavailable`], on every call.
+    pub fn fail() -> Self {
+        Self::fail_with(FailureKind::Unavailable)
+    }
+
+    /// Fails with the given retryable error, on every call.
+    pub fn fail_with(kind: FailureKind) -> Self {
+        Self::new(Effect::Fail(kind), Trigger::Always)
+    }
+
+    /// Applies the call, then reports a timeout, on every call.
+    pub fn commit_then_fail() -> Self {
+        Self::new(Effect::CommitThenFail, Trigger::Always)
+    }
+
+    /// Adds this latency to every call.
+    pub fn latency(delay: Duration) -> Self {
+        Self::new(Effect::Latency(delay), Trigger::Always)
+    }
+
+    /// Holds every call until `handle` is released.
+    pub fn hang(handle: &HangHandle) -> Self {
+        Self::new(Effect::Hang(handle.clone()), Trigger::Always)
+    }
+
+    /// Fires on the next `n` calls only.
+    pub fn next(self, n: usize) -> Self {
+        self.with_trigger(Trigger::Next(n))
+    }
+
+    /// Fires on every `k`-th call.
+    pub fn every(self, k: u64) -> Self {
+        self.with_trigger(Trigger::EveryNth(k))
+    }
+
+    /// Fires on each call with probability `p`, from the store's seed.
+    pub fn with_probability(self, p: f64) -> Self {
+        self.with_trigger(Trigger::Probability(p))
+    }
+
+    /// Fires on the given trigger.
+    pub fn with_trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+}
+
+/// Holds calls hit by an [`Effect::Hang`] until released.
+///
+/// Clones share the same gate. Tests wait on events, not time: await
+/// [`wait_until_hanging`](Self::wait_until_hanging) to know a call is held,
+/// then [`release`](Self::release) it.
+#[derive(Debug, Clone)]
+pub struct HangHandle {
+    shared: Arc<HangShared>,
+}
+
+#[derive(Debug)]
+struct HangShared {
+    released: watch::Sender<bool>,
+    hanging: watch::Sender<usize>,
+}
+
+impl Default for HangHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HangHandle {
+    /// A closed gate: calls that hit it hang.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(HangShared {
+                released: watch::Sender::new(false),
+                hanging: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Lets every held call go on, and every later call pass without
+    /// hanging.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
+    }
+
+    /// Whether [`release`](Self::release) was called.
+    pub fn is_released(&self) -> bool {
+        *self.shared.released.borrow()
+    }
+
+    /// How many calls are held right now.
+    pub fn hanging(&self) -> usize {
+        *self.shared.hanging.borrow()
+    }
+
+    /// Resolves once at least `n` calls are held at the same time.
+    pub async fn wait_until_hanging(&self, n: usize) {
+        let mut hanging = self.shared.hanging.subscribe();
+        // The sender lives in `self.shared`, so the channel cannot close.
+        let _ = hanging.wait_for(|&held| held >= n).await;
+    }
+
+    async fn hang(&self) {
+        let mut released = self.shared.released.subscribe();
+        self.shared.hanging.send_modify(|held| *held += 1);
+        let _held = HeldCall(&self.shared);
+        let _ = released.wait_for(|&released| released).await;
+    }
+}
+
+/// Counts a held call out when it goes on or its future is dropped.
+struct HeldCall<'a>(&'a HangShared);
+
+impl Drop for HeldCall<'_> {
+    fn drop(&mut self) {
+        self.0.hanging.send_modify(|held| *held -= 1);
+    }
+}
+
+/// Calls and injected faults of one [`Operation`], see
+/// [`FlakyStore::counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultCounts {
+    /// Calls of the operation (each request of a batch counts).
+    pub calls: u64,
+    /// Calls failed without reaching the inner store.
+    pub failed: u64,
+    /// Calls applied and then reported as timed out.
+    pub committed_then_failed: u64,
+    /// Calls delayed by a latency fault.
+    pub delayed: u64,
+    /// Calls held by a hang fault.
+    pub hung: u64,
+}
+
+impl FaultCounts {
+    /// Calls that met at least one fault of each kind, added up.
+    pub fn injected(&self) -> u64 {
+        self.failed + self.committed_then_failed + self.delayed + self.hung
+    }
+}
+
+/// A [`ThreadStore`] that forwards every call to an inner store, injecting
+/// the faults of its plan, deterministically given a seed.
+///
+/// With an empty plan it behaves exactly like the inner store (and passes the
+/// conformance suite). Faults are added and cleared through `&self`, so the
+/// store can be shared as `Arc<FlakyStore>` with the code under test.
+///
+/// A plan is a list of [`Fault`]s, each bound to one [`Operation`]: *what*
+/// happens (an [`Effect`]: fail, commit then fail, add latency, hang until
+/// released) and *when* (a [`Trigger`]: always, the next n calls, every k-th
+/// call, with probability p). Calls without a firing fault go straight to the
+/// inner store.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use task_store::{ChangeSet, Thread, ThreadWriter, VersionPrecondition};
+/// use task_store_memory::MemoryStore;
+/// use task_testkit::{Fault, FlakyStore, Operation};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> task_store::Result<()> {
+/// let store = FlakyStore::with_seed(Arc::new(MemoryStore::new()), 42);
+/// store.create(Thread::new("t", "task")).await?;
+///
+/// store.fail_appends(2);
+/// store.inject(Operation::Load, Fault::latency(Duration::from_millis(5)));
+/// store.inject(Operation::Save, Fault::commit_then_fail().every(3));
+///
+/// let append = || store.append("t", ChangeSet::default(), VersionPrecondition::Any);
+/// assert!(append().await.expect_err("injected").is_retryable());
+/// assert!(append().await.expect_err("injected").is_retryable());
+/// assert!(append().await.is_ok());
+/// assert_eq!(store.remaining_failures(), 0);
+/// assert_eq!(store.counts(Operation::Append).failed, 2);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Determinism
+///
+/// Every random choice comes from one RNG per store, seeded by
+/// [`FlakyStore::with_seed`] (or, for [`FlakyStore::new`], by the
+/// `FLAKY_STORE_SEED` environment variable when set, otherwise at random).
+/// The seed is printed when the store is made, so a failing test shows it in
+/// its captured output; run again with `FLAKY_STORE_SEED=<seed>` to replay.
+/// Given the seed and the order of calls, the same calls fail.
+///
+/// # Evaluation
+///
+/// On each call of an operation, every fault of that operation is looked at
+/// in the order it was added, and each advances its trigger (a `Next(n)`
+/// counts down, an `EveryNth(k)` counts the call, a `Probability(p)` draws
+/// from the RNG), whether or not an earlier fault already fired. Then all
+/// the latencies that fired are slept (with `tokio::time::sleep`, so paused
+/// time works), all the hangs that fired are waited for, and the first
+/// failure that fired ([`Effect::Fail`] or [`Effect::CommitThenFail`])
+/// decides the outcome. In [`append_batch`](ThreadWriter::append_batch) each
+/// request counts as one [`Operation::Append`]; the batch sleeps the longest
+/// latency among its requests, and the requests that do not fail are sent to
+/// the inner store as one batch.
+pub struct FlakyStore {
+    inner: Arc<dyn ThreadStore>,
+    seed: u64,
+    plan: Mutex<Plan>,
+}
+
+struct Plan {
+    rng: fastrand::Rng,
+    faults: Vec<Armed>,
+    counts: [FaultCounts; Operation::ALL.len()],
+}
+
+/// A fault in the plan, with its trigger's progress.
+struct Armed {
+    operation: Operation,
+    fault: Fault,
+    /// Calls of the operation seen since the fault was added.
+    seen: u64,
+}
+
+/// What the plan decided for one call.
+#[derive(Default)]
+struct Decision {
+    delay: Duration,
+    hangs: Vec<HangHandle>,
+    outcome: Outcome,
+    call: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum Outcome {
+    #[default]
+    Proceed,
+    Fail(FailureKind),
+    CommitThenFail,
+}
+
+impl Plan {
+    fn decide(&mut self, operation: Operation) -> Decision {
+        let counts = &mut self.counts[operation.index()];
+        counts.calls += 1;
+        let mut decision = Decision {
+            call: counts.calls,
+            ..Decision::default()
+        };
+        for armed in self.faults.iter_mut().filter(|a| a.operation == operation) {
+            armed.seen += 1;
+            let fires = match &mut armed.fault.trigger {
+                Trigger::Always => true,
+                Trigger::Next(remaining) => {
+                    let fires = *remaining > 0;
+                    *remaining = remaining.saturating_sub(1);
+                    fires
+                }
+                Trigger::EveryNth(k) => *k > 0 && armed.seen % *k == 0,
+                Trigger::Probability(p) => self.rng.f64() < p.clamp(0.0, 1.0),
+            };
+            if !fires {
+                continue;
+            }
+            match &armed.fault.effect {
+                Effect::Latency(delay) => decision.delay += *delay,
+                Effect::Hang(handle) => decision.hangs.push(handle.clone()),
+                Effect::Fail(kind) if decision.outcome == Outcome::Proceed => {
+                    decision.outcome = Outcome::Fail(*kind);
+                }
+                Effect::CommitThenFail if decision.outcome == Outcome::Proceed => {
+                    decision.outcome = Outcome::CommitThenFail;
+                }
+                Effect::Fail(_) | Effect::CommitThenFail => {}
+            }
+        }
+        self.faults
+            .retain(|armed| !matches!(armed.fault.trigger, Trigger::Next(0)));
+        let counts = &mut self.counts[operation.index()];
+        counts.delayed += u64::from(!decision.delay.is_zero());
+        counts.hung += u64::from(!decision.hangs.is_empty());
+        match decision.outcome {
+            Outcome::Proceed => {}
+            Outcome::Fail(_) => counts.failed += 1,
+            Outcome::CommitThenFail => counts.committed_then_failed += 1,
+        }
+        decision
+    }
+}
+
+impl FlakyStore {
+    /// Wraps `inner` with an empty plan, seeded from the `FLAKY_STORE_SEED`
+    /// environment variable when it holds a number, otherwise at random. The
+    /// seed is printed (and kept in [`seed`](Self::seed)) for replay.
+    pub fn new(inner: Arc<dyn ThreadStore>) -> Self {
+        let seed = std::env::var(SEED_ENV)
+            .ok()
+            .and_then(|seed| seed.trim().parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        Self::with_seed(inner, seed)
+    }
+
+    /// Wraps `inner` with an empty plan and an RNG seeded by `seed`.
+    pub fn with_seed(inner: Arc<dyn ThreadStore>, seed: u64) -> Self {
+        eprintln!("FlakyStore seed: {seed} (replay with {SEED_ENV}={seed})");
+        Self {
+            inner,
+            seed,
+            plan: Mutex::new(Plan {
+                rng: fastrand::Rng::with_seed(seed),
+                faults: Vec::new(),
+                counts: Default::default(),
+            }),
+        }
+    }
+
+    /// The seed of this store's RNG.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The wrapped store, to look behind the faults.
+    pub fn inner(&self) -> &Arc<dyn ThreadStore> {
+        &self.inner
+    }
+
+    /// Adds a fault to the plan of `operation`, after those already there.
+    pub fn inject(&self, operation: Operation, fault: Fault) -> &Self {
+        self.plan().faults.push(Armed {
+            operation,
+            fault,
+            seen: 0,
+        });
+        self
+    }
+
+    /// Makes the next `n` calls of `operation` fail with a retryable
+    /// [`ThreadStoreError::Unavailable`].
+    pub fn fail_next(&self, operation: Operation, n: usize) -> &Self {
+        self.inject(operation, Fault::fail().next(n))
+    }
+
+    /// Makes the next `n` appends (each request of a batch counts) fail with
+    /// a retryable [`ThreadStoreError::Unavailable`], without reaching the
+    /// inner store.
+    pub fn fail_appends(&self, n: usize) -> &Self {
+        self.fail_next(Operation::Append, n)
+    }
+
+    /// How many scripted failures (`Next(n)` faults that fail or commit then
+    /// fail, of every operation) are still to come.
+    pub fn remaining_failures(&self) -> usize {
+        self.plan()
+            .faults
+            .iter()
+            .filter(|armed| matches!(armed.fault.effect, Effect::Fail(_) | Effect::CommitThenFail))
+            .map(|armed| match armed.fault.trigger {
+                Trigger::Next(remaining) => remaining,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Removes every fault from the plan. Counts are kept.
+    pub fn clear_faults(&self) {
+        self.plan().faults.clear();
+    }
+
+    /// The calls of `operation` so far and the faults injected into them.
+    pub fn counts(&self, operation: Operation) -> FaultCounts {
+        self.plan().counts[operation.index()]
+    }
+
+    fn plan(&self) -> MutexGuard<'_, Plan> {
+        // The plan is only read and updated by short, non-panicking code.
+        self.plan.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn decide(&self, operation: Operation) -> Decision {
+        self.plan().decide(operation)
+    }
+
+    fn error(&self, operation: Operation, call: u64, kind: FailureKind) -> ThreadStoreError {
+        let message = format!(
+            "injected fault: {operation} call #{call} failed (FlakyStore seed {})",
+            self.seed
+        );
+        match kind {
+            FailureKind::Unavailable => ThreadStoreError::Unavailable {
+                message,
+                source: None,
+            },
+            FailureKind::Timeout => ThreadStoreError::Timeout {
+                message,
+                source: None,
+            },
+        }
+    }
+
+    fn ambiguous(&self, operation: Operation, call: u64) -> ThreadStoreError {
+        ThreadStoreError::Timeout {
+            message: format!(
+                "injected fault: {operation} call #{call} was applied, then reported as timed out (FlakyStore seed {})",
+                self.seed
+            ),
+            source: None,
+        }
+    }
+
+    /// Runs one call through the plan of `operation`.
+    async fn run<T, F>(&self, operation: Operation, call: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let decision = self.decide(operation);
+        wait(decision.delay, &decision.hangs).await;
+        match decision.outcome {
+            Outcome::Proceed => call.await,
+            Outcome::Fail(kind) => Err(self.error(operation, decision.call, kind)),
+            Outcome::CommitThenFail => {
+                // Whatever the inner store answered, the caller hears a timeout.
+                let _ = call.await;
+                Err(self.ambiguous(operation, decision.call))
+            }
+        }
+    }
+}
+
+async fn wait(delay: Duration, hangs: &[HangHandle]) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    for hang in hangs {
+        hang.hang().await;
+    }
+}
+
+impl fmt::Debug for FlakyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults = self.plan().faults.len();
+        f.debug_struct("FlakyStore")
+            .field("inner", &self.inner)
+            .field("seed", &self.seed)
+            .field("faults", &faults)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl ThreadReader for FlakyStore {
+    async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
+        self.run(Operation::Load, self.inner.load(id)).await
+    }
+
+    async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
+        self.run(Operation::LoadMessages, self.inner.load_messages(id, query))
+            .await
+    }
+
+    async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
+        self.run(Operation::List, self.inner.list_threads(query))
+            .await
+    }
+}
+
+#[async_trait]
+impl ThreadWriter for FlakyStore {
+    async fn create(&self, thread: Thread) -> Result<Committed> {
+        self.run(Operation::Create, self.inner.create(thread)).await
+    }
+
+    async fn append(
+        &self,
+        id: &str,
+        changes: ChangeSet,
+        precondition: VersionPrecondition,
+    ) -> Result<Committed> {
+        self.run(
+            Operation::Append,
+            self.inner.append(id, changes, precondition),
+        )
+        .await
+    }
+
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
+        let decisions: Vec<Decision> = {
+            let mut plan = self.plan();
+            requests
+                .iter()
+                .map(|_| plan.decide(Operation::Append))
+                .collect()
+        };
+        let delay = decisions.iter().map(|d| d.delay).max().unwrap_or_default();
+        let hangs: Vec<HangHandle> = decisions
+            .iter()
+            .flat_map(|d| d.hangs.iter().cloned())
+            .collect();
+        wait(delay, &hangs).await;
+
+        let mut sent = Vec::new();
+        for (request, decision) in requests.into_iter().zip(&decisions) {
+            if !matches!(decision.outcome, Outcome::Fail(_)) {
+                sent.push(request);
+            }
+        }
+        let mut answers = self.inner.append_batch(sent).await.into_iter();
+        decisions
+            .iter()
+            .map(|decision| match decision.outcome {
+                Outcome::Fail(kind) => Err(self.error(Operation::Append, decision.call, kind)),
+                Outcome::Proceed => answers.next().unwrap_or_else(|| {
+                    Err(ThreadStoreError::Backend {
+                        message: "the inner store returned fewer batch results than requests"
+                            .into(),
+                        source: None,
+                    })
+                }),
+                Outcome::CommitThenFail => {
+                    let _ = answers.next();
+                    Err(self.ambiguous(Operation::Append, decision.call))
+                }
+            })
+            .collect()
+    }
+
+    async fn save(&self, thread: Thread) -> Result<Committed> {
+        self.run(Operation::Save, self.inner.save(thread)).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        self.run(Operation::Delete, self.inner.delete(id)).await
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<FlakyStore>();
+    assert_send_sync::<HangHandle>();
+    assert_send_sync::<Fault>();
+};
