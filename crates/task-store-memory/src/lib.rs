@@ -421,14 +421,14 @@ impl ThreadWriter for MemoryStore {
     }
 }
 
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<MemoryStore>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const _: () = {
-        const fn assert_send_sync<T: Send + Sync + 'static>() {}
-        assert_send_sync::<MemoryStore>();
-    };
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
