@@ -61,7 +61,8 @@ pub use context::TaskContext;
 pub use error::TaskError;
 pub use events::{TaskEvent, TaskEventKind};
 pub use manager::{
-    BackgroundTaskManager, BackgroundTaskManagerBuilder, DEFAULT_CANCEL_GRACE, RetentionPolicy,
+    BackgroundTaskManager, BackgroundTaskManagerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_LEASE_TTL,
+    RecoveryReport, RetentionPolicy, ShutdownReport,
 };
 pub use model::{
     MAX_DESCRIPTION_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_TASK_ID_LEN, NewTaskSpec,

@@ -116,6 +116,11 @@ pub enum Transition {
     Finish {
         /// The attempt that ended.
         attempt: u32,
+        /// The manager instance that ran it, when the report comes from the
+        /// lease holder: then the record must still be running under that
+        /// holder's lease (a process that lost its lease, say after a long
+        /// pause, cannot overwrite what recovery decided).
+        holder: Option<String>,
         /// Its status: anything but `running`.
         status: TaskStatus,
         /// Its result.
@@ -208,6 +213,21 @@ pub enum Rejection {
     /// `Finish` with status `running`.
     #[error("a task cannot finish as running")]
     FinishAsRunning,
+    /// A manager tried to start a running task that another instance holds.
+    #[error("the task is running under the lease of instance {holder}")]
+    HeldElsewhere {
+        /// The instance that holds it.
+        holder: String,
+    },
+    /// A lease holder reported an outcome after it lost the lease (the task
+    /// was recovered, or another instance holds it now).
+    #[error("instance {holder} no longer holds the task (it is {current})")]
+    LeaseLost {
+        /// The instance that reported.
+        holder: String,
+        /// The record's status.
+        current: TaskStatus,
+    },
 }
 
 /// What [`apply`] decided.
@@ -240,18 +260,34 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
     };
     match transition {
         Transition::Start { record } => {
-            if rec.status == TaskStatus::Running {
-                // Adopt a record created ahead of the spawn (or our own
-                // earlier, ambiguous write): nothing to change.
-                Outcome::AlreadyApplied
-            } else {
+            if rec.status != TaskStatus::Running {
                 let mut next = (**record).clone();
                 next.attempt = rec.attempt + 1;
-                Outcome::Applied(next)
+                return Outcome::Applied(next);
+            }
+            // A running record: adopt it if nobody else holds it (a record
+            // created ahead of the spawn, or our own earlier, ambiguous
+            // write), and take its lease.
+            let holder = record.lease.as_ref().map(|l| &l.holder);
+            match rec.lease.as_ref().map(|l| &l.holder) {
+                Some(current) if Some(current) != holder => {
+                    Outcome::Rejected(Rejection::HeldElsewhere {
+                        holder: current.clone(),
+                    })
+                }
+                Some(_) => Outcome::AlreadyApplied,
+                None if record.lease.is_none() => Outcome::AlreadyApplied,
+                None => {
+                    let mut next = rec.clone();
+                    next.lease = record.lease.clone();
+                    next.updated_at_ms = record.updated_at_ms;
+                    Outcome::Applied(next)
+                }
             }
         }
         Transition::Finish {
             attempt,
+            holder,
             status,
             result,
             error,
@@ -271,6 +307,15 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
                     current: rec.status,
                     requested: *status,
                 });
+            }
+            if let Some(holder) = holder {
+                let held = rec.lease.as_ref().is_none_or(|l| &l.holder == holder);
+                if rec.status != TaskStatus::Running || !held {
+                    return Outcome::Rejected(Rejection::LeaseLost {
+                        holder: holder.clone(),
+                        current: rec.status,
+                    });
+                }
             }
             let mut next = rec.clone();
             next.status = *status;
@@ -399,6 +444,7 @@ mod tests {
     fn finish(attempt: u32, status: TaskStatus) -> Transition {
         Transition::Finish {
             attempt,
+            holder: None,
             status,
             result: None,
             error: None,
@@ -426,6 +472,66 @@ mod tests {
             apply(Some(&record(Running, 3)), &start()),
             Outcome::AlreadyApplied
         );
+    }
+
+    fn lease(holder: &str) -> Option<Lease> {
+        Some(Lease {
+            holder: holder.into(),
+            expires_at_ms: 100,
+        })
+    }
+
+    #[test]
+    fn start_takes_the_lease_of_an_unheld_running_record() {
+        let mut mine = record(Running, 1);
+        mine.lease = lease("me");
+        let t = Transition::Start {
+            record: Box::new(mine),
+        };
+        match apply(Some(&record(Running, 1)), &t) {
+            Outcome::Applied(r) => assert_eq!(r.lease, lease("me")),
+            other => panic!("{other:?}"),
+        }
+        let mut held_by_me = record(Running, 1);
+        held_by_me.lease = lease("me");
+        assert_eq!(apply(Some(&held_by_me), &t), Outcome::AlreadyApplied);
+        let mut held_elsewhere = record(Running, 1);
+        held_elsewhere.lease = lease("other");
+        assert_eq!(
+            apply(Some(&held_elsewhere), &t),
+            Outcome::Rejected(Rejection::HeldElsewhere {
+                holder: "other".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_holder_that_lost_its_lease_cannot_finish() {
+        let by_me = |status| Transition::Finish {
+            attempt: 1,
+            holder: Some("me".into()),
+            status,
+            result: None,
+            error: None,
+            at_ms: 9,
+        };
+        let mut running = record(Running, 1);
+        running.lease = lease("me");
+        assert!(matches!(
+            apply(Some(&running), &by_me(Completed)),
+            Outcome::Applied(r) if r.status == Completed
+        ));
+        // Recovery marked it stopped (and cleared the lease) meanwhile.
+        assert!(matches!(
+            apply(Some(&record(Stopped, 1)), &by_me(Completed)),
+            Outcome::Rejected(Rejection::LeaseLost { .. })
+        ));
+        let mut taken = record(Running, 1);
+        taken.lease = lease("other");
+        assert!(matches!(
+            apply(Some(&taken), &by_me(Failed)),
+            Outcome::Rejected(Rejection::LeaseLost { .. })
+        ));
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn committed(version: u64) -> Committed {
 fn finish_completed() -> Transition {
     Transition::Finish {
         attempt: 1,
+        holder: None,
         status: TaskStatus::Completed,
         result: Some(json!(1)),
         error: None,

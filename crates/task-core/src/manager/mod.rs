@@ -1,21 +1,27 @@
 //! [`BackgroundTaskManager`]: the live registry of one process.
 
+mod control;
 mod persist;
+mod recovery;
 mod registry;
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::FutureExt;
-use serde_json::Value;
+use serde_json::{Value, json};
+use task_store::{ChangeSet, NewMessage, ThreadStoreError, VersionPrecondition};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::context::TaskContext;
-use crate::model::{now_ms, type_supports_resume, validate_task_input};
-use crate::state::TaskRecord;
+use crate::model::{
+    now_ms, type_supports_resume, validate_owner, validate_task_id, validate_task_input,
+};
+use crate::state::{Lease, Rejection, TaskRecord, Transition};
 use crate::{
     NewTaskSpec, RunCancellationToken, SpawnParams, TaskError, TaskEvent, TaskEventKind, TaskId,
     TaskResult, TaskStatus, TaskStore, TaskSummary, new_task_id,
@@ -23,6 +29,13 @@ use crate::{
 
 use persist::{Backoff, Job, Outbox, Step};
 use registry::{Entry, Registry};
+
+pub use recovery::RecoveryReport;
+
+/// Whole milliseconds of a duration, saturating.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The default time a cancelled task gets to return before it is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -56,7 +69,30 @@ pub struct BackgroundTaskManagerBuilder {
     retention: RetentionPolicy,
     backoff: Backoff,
     event_capacity: usize,
+    instance_id: Option<String>,
+    leases: LeaseConfig,
 }
+
+/// Lease and recovery timing of a manager with a task store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseConfig {
+    /// How long a lease holds without renewal.
+    pub(crate) ttl: Duration,
+    /// How often the instance renews its lease (one write for all its tasks).
+    pub(crate) renew_every: Duration,
+    /// How often the instance reads its inbox of cross-process requests.
+    pub(crate) poll_every: Duration,
+    /// Run `recover` when the manager starts.
+    pub(crate) recover_on_start: bool,
+    /// Run `recover` this often.
+    pub(crate) recover_every: Option<Duration>,
+    /// A lease counts as expired only this long after its expiry, to absorb
+    /// clock skew between processes.
+    pub(crate) skew_allowance: Duration,
+}
+
+/// The default lease TTL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 
 impl Default for BackgroundTaskManagerBuilder {
     fn default() -> Self {
@@ -69,6 +105,15 @@ impl Default for BackgroundTaskManagerBuilder {
                 max: Duration::from_secs(5),
             },
             event_capacity: 1024,
+            instance_id: None,
+            leases: LeaseConfig {
+                ttl: DEFAULT_LEASE_TTL,
+                renew_every: DEFAULT_LEASE_TTL / 3,
+                poll_every: Duration::from_millis(250),
+                recover_on_start: false,
+                recover_every: None,
+                skew_allowance: Duration::from_secs(1),
+            },
         }
     }
 }
@@ -110,18 +155,76 @@ impl BackgroundTaskManagerBuilder {
         self
     }
 
-    /// Builds the manager.
+    /// This manager's instance id, the holder named in the leases of the
+    /// tasks it runs (default: a new unique id). Give a process the same id
+    /// across restarts and `recover` knows at once that running records held
+    /// by that id belong to an earlier life.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// How long a lease holds without renewal (default 30 s), and how often
+    /// the manager renews it (default a third of that). Renewal is one write
+    /// per period for all the manager's tasks.
+    pub fn lease(mut self, ttl: Duration, renew_every: Duration) -> Self {
+        self.leases.ttl = ttl;
+        self.leases.renew_every = renew_every.min(ttl).max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often the manager reads its inbox of cancellation requests from
+    /// other processes (default 250 ms).
+    pub fn control_poll_interval(mut self, every: Duration) -> Self {
+        self.leases.poll_every = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Runs [`recover`](BackgroundTaskManager::recover) when the manager
+    /// starts (default off).
+    pub fn recover_on_start(mut self, on: bool) -> Self {
+        self.leases.recover_on_start = on;
+        self
+    }
+
+    /// Runs [`recover`](BackgroundTaskManager::recover) this often (default
+    /// never).
+    pub fn recover_every(mut self, every: Duration) -> Self {
+        self.leases.recover_every = Some(every);
+        self
+    }
+
+    /// How long past its expiry a lease must be before recovery takes the
+    /// task over, to absorb clock skew between processes (default 1 s).
+    pub fn clock_skew_allowance(mut self, allowance: Duration) -> Self {
+        self.leases.skew_allowance = allowance;
+        self
+    }
+
+    /// Builds the manager. With a task store, its background work (lease
+    /// renewal, inbox, recovery) starts now when called inside a tokio
+    /// runtime, else with the first task.
     pub fn build(self) -> BackgroundTaskManager {
         let (events, _) = broadcast::channel(self.event_capacity);
-        BackgroundTaskManager {
+        let manager = BackgroundTaskManager {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::default()),
                 events,
                 cancel_grace: self.cancel_grace,
                 retention: self.retention,
                 outbox: self.task_store.map(|s| Outbox::new(s, self.backoff)),
+                instance_id: self
+                    .instance_id
+                    .unwrap_or_else(|| format!("mgr-{}", new_task_id())),
+                clock: Clock::new(),
+                leases: self.leases,
+                control: control::Control::default(),
             }),
+        };
+        if manager.inner.outbox.is_some() && tokio::runtime::Handle::try_current().is_ok() {
+            control::ensure_started(&manager.inner);
         }
+        manager
     }
 }
 
@@ -170,6 +273,47 @@ pub(crate) struct Inner {
     cancel_grace: Duration,
     retention: RetentionPolicy,
     outbox: Option<Outbox>,
+    instance_id: String,
+    clock: Clock,
+    leases: LeaseConfig,
+    control: control::Control,
+}
+
+/// Wall-clock milliseconds that follow tokio's clock: the system time at
+/// start plus the monotonic time since. Immune to wall-clock jumps, and it
+/// moves with `tokio::time::advance` in tests, so lease expiry can be tested
+/// with paused time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall_at_start_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall_at_start_ms: now_ms(),
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.wall_at_start_ms.saturating_add(elapsed)
+    }
+}
+
+/// One epoch of a task about to start.
+struct Launch {
+    task_id: TaskId,
+    owner: String,
+    task_type: String,
+    description: String,
+    parent_task_id: Option<TaskId>,
+    metadata: Value,
+    supports_resume: bool,
+    /// `Some(n)` when resuming: the durable attempt `n` is already written.
+    resumed_attempt: Option<u32>,
 }
 
 /// How a task's tokio task ended.
@@ -295,23 +439,69 @@ impl BackgroundTaskManager {
             parent_task_id.as_deref(),
             &metadata,
         )?;
-        let now = now_ms();
         let supports_resume = type_supports_resume(&task_type);
-        let start = self.inner.outbox.as_ref().map(|_| {
-            Box::new(TaskRecord::running(
-                NewTaskSpec {
-                    task_id: task_id.clone(),
-                    owner_thread_id: owner.clone(),
-                    task_type: task_type.clone(),
-                    description: description.clone(),
-                    parent_task_id: parent_task_id.clone(),
-                    supports_resume,
-                    metadata: metadata.clone(),
-                },
-                now,
-            ))
-        });
+        self.launch(
+            Launch {
+                task_id,
+                owner,
+                task_type,
+                description,
+                parent_task_id,
+                metadata,
+                supports_resume,
+                resumed_attempt: None,
+            },
+            token,
+            f,
+        )
+    }
+
+    /// Registers and starts one epoch of a task: a spawn (which queues the
+    /// durable start) or a resume (whose durable transition is already
+    /// written, as attempt `resumed_attempt`).
+    fn launch<F, Fut>(
+        &self,
+        launch: Launch,
+        token: RunCancellationToken,
+        f: F,
+    ) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        let Launch {
+            task_id,
+            owner,
+            task_type,
+            description,
+            parent_task_id,
+            metadata,
+            supports_resume,
+            resumed_attempt,
+        } = launch;
         let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        let start = match (&inner.outbox, resumed_attempt) {
+            (Some(_), None) => Some(Box::new(TaskRecord {
+                lease: Some(inner.new_lease(now)),
+                ..TaskRecord::running(
+                    NewTaskSpec {
+                        task_id: task_id.clone(),
+                        owner_thread_id: owner.clone(),
+                        task_type: task_type.clone(),
+                        description: description.clone(),
+                        parent_task_id: parent_task_id.clone(),
+                        supports_resume,
+                        metadata: metadata.clone(),
+                    },
+                    now,
+                )
+            })),
+            _ => None,
+        };
+        if inner.outbox.is_some() {
+            control::ensure_started(inner);
+        }
         let mut reg = inner.lock();
         if reg.closed {
             return Err(TaskError::ShuttingDown);
@@ -320,12 +510,13 @@ impl BackgroundTaskManager {
             Some(old) if old.summary.status == TaskStatus::Running => {
                 return Err(TaskError::AlreadyRunning { task_id });
             }
-            Some(old) => (old.summary.attempt + 1, old.pending_writes),
-            None => (1, 0),
+            Some(old) => (
+                resumed_attempt.unwrap_or(old.summary.attempt + 1),
+                old.pending_writes,
+            ),
+            None => (resumed_attempt.unwrap_or(1), 0),
         };
-        if attempt > 1 {
-            reg.remove(&task_id);
-        }
+        reg.remove(&task_id);
         let seq = reg.next_seq;
         reg.next_seq += 1;
         let ctx = TaskContext {
@@ -363,6 +554,8 @@ impl BackgroundTaskManager {
             seq,
             token,
             cancel_requested: false,
+            shutting_down: false,
+            durable_attempt: resumed_attempt,
             abort: Some(handle.abort_handle()),
             waiters: 0,
             notify: None,
@@ -397,18 +590,102 @@ impl BackgroundTaskManager {
     /// task; `NotRunning` ("Task '<id>' is not running (current status: <s>)")
     /// when it has finished.
     pub async fn cancel(&self, owner: &str, task_id: &str) -> Result<(), TaskError> {
-        let mut reg = self.inner.lock();
-        let entry = reg
-            .visible_mut(owner, task_id)
+        {
+            let mut reg = self.inner.lock();
+            if let Some(entry) = reg.visible_mut(owner, task_id) {
+                if entry.summary.status != TaskStatus::Running {
+                    return Err(TaskError::NotRunning {
+                        task_id: task_id.to_owned(),
+                        status: entry.summary.status,
+                    });
+                }
+                request_cancel(&self.inner, entry);
+                return Ok(());
+            }
+        }
+        // Not here: with a store, it may run in another process.
+        let record = self
+            .durable_record(owner, task_id)
+            .await?
             .ok_or_else(|| TaskError::unknown(task_id))?;
-        if entry.summary.status != TaskStatus::Running {
+        if record.status != TaskStatus::Running {
             return Err(TaskError::NotRunning {
                 task_id: task_id.to_owned(),
-                status: entry.summary.status,
+                status: record.status,
             });
         }
-        request_cancel(&self.inner, entry);
-        Ok(())
+        self.cancel_remote(&record).await
+    }
+
+    /// The durable record of one of the owner's tasks, when there is a store.
+    async fn durable_record(
+        &self,
+        owner: &str,
+        task_id: &str,
+    ) -> Result<Option<TaskRecord>, TaskError> {
+        let Some(store) = self.task_store() else {
+            return Ok(None);
+        };
+        if validate_owner(owner).is_err() || validate_task_id(task_id).is_err() {
+            return Ok(None);
+        }
+        Ok(store
+            .load_task(task_id)
+            .await?
+            .filter(|r| r.owner_thread_id == owner))
+    }
+
+    /// Requests the cancellation of a task another instance runs: the
+    /// durable request on its record, then a message in the holder's inbox.
+    async fn cancel_remote(&self, record: &TaskRecord) -> Result<(), TaskError> {
+        let Some(store) = self.task_store() else {
+            return Err(TaskError::unknown(&record.task_id));
+        };
+        let transition = Transition::RequestCancel {
+            attempt: record.attempt,
+            at_ms: self.inner.clock.now_ms(),
+        };
+        match store.transition(&record.task_id, transition).await {
+            Ok(_) => {}
+            Err(TaskError::Rejected {
+                reason: Rejection::NotRunning { current } | Rejection::LeaseLost { current, .. },
+                ..
+            }) => {
+                return Err(TaskError::NotRunning {
+                    task_id: record.task_id.clone(),
+                    status: current,
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        let Some(holder) = record.lease.as_ref().map(|l| &l.holder) else {
+            // Nobody holds it: the durable request is all there is to do.
+            return Ok(());
+        };
+        let message = NewMessage::with_id(
+            format!("cancel:{}:{}", record.task_id, record.attempt),
+            json!({
+                "type": "cancel",
+                "task_id": record.task_id,
+                "attempt": record.attempt,
+                "from": self.inner.instance_id,
+            }),
+        );
+        let changes = ChangeSet::default().with_message(message);
+        match store
+            .thread_store()
+            .append(
+                &control::instance_thread(holder),
+                changes,
+                VersionPrecondition::Any,
+            )
+            .await
+        {
+            // A holder that never renewed its lease has no inbox; recovery
+            // will settle its tasks.
+            Ok(_) | Err(ThreadStoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Cancels a task and every running task of the same owner reachable from
@@ -425,6 +702,9 @@ impl BackgroundTaskManager {
         owner: &str,
         task_id: &str,
     ) -> Result<Vec<TaskSummary>, TaskError> {
+        if self.task_store().is_some() {
+            return self.cancel_tree_everywhere(owner, task_id).await;
+        }
         let mut reg = self.inner.lock();
         let root_status = reg
             .visible(owner, task_id)
@@ -440,6 +720,7 @@ impl BackgroundTaskManager {
                 cancelled.push(entry.summary.clone());
             }
         }
+        drop(reg);
         if cancelled.is_empty() {
             return Err(TaskError::NotRunning {
                 task_id: task_id.to_owned(),
@@ -599,6 +880,272 @@ impl BackgroundTaskManager {
         true
     }
 
+    /// `cancel_tree` with a store: the tree is followed through the owner's
+    /// durable records too, so tasks run by other processes are cancelled
+    /// through their holders. Costs the owner's durable records.
+    async fn cancel_tree_everywhere(
+        &self,
+        owner: &str,
+        task_id: &str,
+    ) -> Result<Vec<TaskSummary>, TaskError> {
+        let Some(store) = self.task_store() else {
+            return Err(TaskError::unknown(task_id));
+        };
+        if validate_owner(owner).is_err() || validate_task_id(task_id).is_err() {
+            return Err(TaskError::unknown(task_id));
+        }
+        let records: HashMap<TaskId, TaskRecord> = store
+            .list_tasks(owner)
+            .await?
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|r| (r.task_id.clone(), r))
+            .collect();
+        let (root_status, mut cancelled, remote) = {
+            let mut reg = self.inner.lock();
+            let root_status = match (reg.visible(owner, task_id), records.get(task_id)) {
+                (Some(e), _) => e.summary.status,
+                (None, Some(r)) => r.status,
+                (None, None) => return Err(TaskError::unknown(task_id)),
+            };
+            // Children by parent over both views; the live view wins for tasks
+            // this instance runs.
+            let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+            for r in records.values() {
+                if let Some(parent) = &r.parent_task_id {
+                    children.entry(parent).or_default().push(&r.task_id);
+                }
+            }
+            let local_tree = reg.tree(owner, task_id);
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut queue: VecDeque<&str> = VecDeque::from([task_id]);
+            queue.extend(local_tree.iter().map(String::as_str));
+            let mut cancelled = Vec::new();
+            let mut remote = Vec::new();
+            while let Some(id) = queue.pop_front() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                if let Some(kids) = children.get(id) {
+                    queue.extend(kids.iter().copied());
+                }
+                if let Some(entry) = reg.visible_mut(owner, id) {
+                    if entry.summary.status == TaskStatus::Running {
+                        request_cancel(&self.inner, entry);
+                        cancelled.push(entry.summary.clone());
+                    }
+                } else if let Some(r) = records.get(id)
+                    && r.status == TaskStatus::Running
+                {
+                    remote.push(r.clone());
+                }
+            }
+            (root_status, cancelled, remote)
+        };
+        for record in remote {
+            match self.cancel_remote(&record).await {
+                Ok(()) => cancelled.push(summary_of(&record)),
+                Err(TaskError::NotRunning { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if cancelled.is_empty() {
+            return Err(TaskError::NotRunning {
+                task_id: task_id.to_owned(),
+                status: root_status,
+            });
+        }
+        Ok(cancelled)
+    }
+
+    /// The owner's tasks as [`list`](Self::list) reports them, plus the
+    /// durable records of the owner's tasks that this instance does not hold
+    /// (run by other processes, or finished before this one started), so a
+    /// process sees its owner's whole picture. Costs the owner's durable
+    /// records; without a task store it is `list`.
+    ///
+    /// # Errors
+    ///
+    /// `Store` when the owner's records cannot be listed. A single corrupt
+    /// record is skipped, not an error.
+    pub async fn list_including_durable(
+        &self,
+        owner: &str,
+        status: Option<TaskStatus>,
+    ) -> Result<Vec<TaskSummary>, TaskError> {
+        let mut out = self.list(owner, status).await;
+        let Some(store) = self.task_store() else {
+            return Ok(out);
+        };
+        if validate_owner(owner).is_err() {
+            return Ok(out);
+        }
+        let local: HashSet<TaskId> = out.iter().map(|s| s.task_id.clone()).collect();
+        let mut durable: Vec<TaskSummary> = store
+            .list_tasks(owner)
+            .await?
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|r| {
+                !local.contains(&r.task_id) && !self.inner.lock().tasks.contains_key(&r.task_id)
+            })
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .map(|r| summary_of(&r))
+            .collect();
+        durable.sort_by(|a, b| (a.created_at_ms, &a.task_id).cmp(&(b.created_at_ms, &b.task_id)));
+        out.extend(durable);
+        Ok(out)
+    }
+
+    /// This manager's instance id: the lease holder named in the records of
+    /// the tasks it runs.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Reconciles the store with the living: every durable `running` task
+    /// whose lease has expired (its process stopped renewing it), or that
+    /// names this instance as holder without running here (an earlier life of
+    /// this instance id), becomes `stopped` if it supports resume, else
+    /// `failed` with an error that says it was interrupted. A task whose
+    /// lease is alive is never touched. Scans the store's task index; without
+    /// a store there is nothing to recover.
+    ///
+    /// # Errors
+    ///
+    /// `Store` when the index cannot be read; errors on single records are
+    /// in the report.
+    pub async fn recover(&self) -> Result<RecoveryReport, TaskError> {
+        recovery::recover(&self.inner).await
+    }
+
+    /// Restarts a `stopped` task that supports resume as its next attempt,
+    /// running `f`. With a task store the durable record is checked and moved
+    /// to the new attempt first (so two processes cannot both resume it, and
+    /// a late write of the old attempt is fenced off); the task need not have
+    /// run in this process.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownTask` when the owner has no such task; `AlreadyRunning`;
+    /// `NotResumable` when it is not stopped or its type cannot resume;
+    /// `ShuttingDown`; `Store` failures.
+    pub async fn resume<F, Fut>(
+        &self,
+        owner: &str,
+        task_id: &str,
+        f: F,
+    ) -> Result<TaskId, TaskError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        let local = self.get(owner, task_id).await;
+        if let Some(s) = &local {
+            if s.status == TaskStatus::Running {
+                return Err(TaskError::AlreadyRunning {
+                    task_id: task_id.to_owned(),
+                });
+            }
+            if s.status != TaskStatus::Stopped || !s.supports_resume {
+                return Err(TaskError::NotResumable {
+                    task_id: task_id.to_owned(),
+                    reason: format!(
+                        "it is {} and supports_resume is {}",
+                        s.status, s.supports_resume
+                    ),
+                });
+            }
+        }
+        let Some(store) = self.task_store() else {
+            let s = local.ok_or_else(|| TaskError::unknown(task_id))?;
+            return self.launch(
+                resume_launch(owner, &s, s.attempt + 1),
+                RunCancellationToken::new(),
+                f,
+            );
+        };
+        let record = self
+            .durable_record(owner, task_id)
+            .await?
+            .ok_or_else(|| TaskError::unknown(task_id))?;
+        let now = self.inner.clock.now_ms();
+        let resumed = store
+            .transition(
+                task_id,
+                Transition::Resume {
+                    from_attempt: record.attempt,
+                    at_ms: now,
+                    lease: Some(self.inner.new_lease(now)),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                TaskError::Rejected { reason, .. } => TaskError::NotResumable {
+                    task_id: task_id.to_owned(),
+                    reason: reason.to_string(),
+                },
+                other => other,
+            })?;
+        let summary = summary_of(&resumed.record);
+        self.launch(
+            resume_launch(owner, &summary, resumed.record.attempt),
+            RunCancellationToken::new(),
+            f,
+        )
+    }
+
+    /// Shuts the manager down: refuses new tasks, asks every running task to
+    /// stop, waits up to `grace` for them, marks what is still running
+    /// `stopped` (resumable tasks) or `failed` and drops it, makes every
+    /// write durable, and gives up this instance's leases. Tasks that finish
+    /// on their own during the grace keep their outcome; those that return
+    /// after seeing the request end `stopped` or `failed` (interrupted), not
+    /// `cancelled`.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let running: Vec<(String, TaskId)> = {
+            let mut reg = self.inner.lock();
+            reg.closed = true;
+            let mut running = Vec::new();
+            for entry in reg.tasks.values_mut() {
+                if entry.summary.status == TaskStatus::Running {
+                    entry.shutting_down = true;
+                    entry.token.cancel();
+                    running.push((entry.owner.clone(), entry.summary.task_id.clone()));
+                }
+            }
+            running
+        };
+        let waits = running.iter().map(|(owner, id)| self.wait(owner, id));
+        let _ = tokio::time::timeout(grace, futures::future::join_all(waits)).await;
+        let mut report = ShutdownReport::default();
+        {
+            let mut reg = self.inner.lock();
+            for (owner, id) in &running {
+                let Some(entry) = reg.tasks.get_mut(id) else {
+                    continue;
+                };
+                if entry.summary.status == TaskStatus::Running {
+                    if let Some(abort) = entry.abort.take() {
+                        abort.abort();
+                    }
+                    let (status, result, error) = interrupted(entry.summary.supports_resume);
+                    self.inner.settle(entry, status, result, error);
+                    reg.mark_not_running(owner);
+                    report.interrupted.push(id.clone());
+                } else {
+                    report.finished.push(id.clone());
+                }
+            }
+        }
+        self.flush().await;
+        if let Some(store) = self.task_store() {
+            control::stop(&self.inner);
+            control::release(&self.inner, store).await;
+        }
+        report
+    }
+
     /// Subscribes to every task event of this manager from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.inner.events.subscribe()
@@ -610,6 +1157,49 @@ impl BackgroundTaskManager {
         if let Some(outbox) = &self.inner.outbox {
             outbox.flush().await;
         }
+    }
+}
+
+/// What [`shutdown`](BackgroundTaskManager::shutdown) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Tasks that ended within the grace period.
+    pub finished: Vec<TaskId>,
+    /// Tasks still running at the end of the grace period: dropped and
+    /// marked `stopped` or `failed`.
+    pub interrupted: Vec<TaskId>,
+}
+
+/// The summary of a durable record, for tasks this instance does not hold.
+fn summary_of(r: &TaskRecord) -> TaskSummary {
+    TaskSummary {
+        task_id: r.task_id.clone(),
+        task_type: r.task_type.clone(),
+        description: r.description.clone(),
+        status: r.status,
+        error: r.error.clone(),
+        result: r.result.clone(),
+        created_at_ms: r.created_at_ms,
+        completed_at_ms: r.completed_at_ms,
+        parent_task_id: r.parent_task_id.clone(),
+        supports_resume: r.supports_resume,
+        attempt: r.attempt,
+        metadata: r.metadata.clone(),
+        persistence_error: None,
+    }
+}
+
+/// The launch of a resumed attempt of the task `s` describes.
+fn resume_launch(owner: &str, s: &TaskSummary, attempt: u32) -> Launch {
+    Launch {
+        task_id: s.task_id.clone(),
+        owner: owner.to_owned(),
+        task_type: s.task_type.clone(),
+        description: s.description.clone(),
+        parent_task_id: s.parent_task_id.clone(),
+        metadata: s.metadata.clone(),
+        supports_resume: s.supports_resume,
+        resumed_attempt: Some(attempt),
     }
 }
 
@@ -668,6 +1258,20 @@ async fn run_task<F, Fut>(
     inner.finish(&task_id, epoch, ended);
 }
 
+/// The outcome of a task interrupted by `shutdown` or by the loss of its
+/// process: `stopped` when it can be resumed, else `failed`.
+pub(crate) fn interrupted(supports_resume: bool) -> (TaskStatus, Option<Value>, Option<String>) {
+    if supports_resume {
+        (TaskStatus::Stopped, None, None)
+    } else {
+        (
+            TaskStatus::Failed,
+            None,
+            Some("interrupted: the task manager shut down before the task finished".to_owned()),
+        )
+    }
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -697,6 +1301,33 @@ impl Inner {
         }
     }
 
+    /// A lease held by this instance from `now_ms` for one TTL.
+    fn new_lease(&self, now_ms: u64) -> Lease {
+        Lease {
+            holder: self.instance_id.clone(),
+            expires_at_ms: now_ms.saturating_add(duration_ms(self.leases.ttl)),
+        }
+    }
+
+    /// A cancellation requested by another process for `attempt` of a task
+    /// this instance runs.
+    pub(crate) fn cancel_from_inbox(&self, task_id: &str, attempt: u32) {
+        let mut reg = self.lock();
+        if let Some(entry) = reg.tasks.get_mut(task_id)
+            && entry.summary.status == TaskStatus::Running
+            && entry.summary.attempt == attempt
+        {
+            request_cancel(self, entry);
+        }
+    }
+
+    /// Whether this instance runs `attempt` of the task right now.
+    pub(crate) fn runs(&self, task_id: &str, attempt: u32) -> bool {
+        self.lock().tasks.get(task_id).is_some_and(|e| {
+            e.summary.status == TaskStatus::Running && e.summary.attempt == attempt
+        })
+    }
+
     /// Records the end of epoch `epoch` of a task. Late reports of an older
     /// epoch, and reports after an outside `update_status`, are ignored.
     fn finish(self: &Arc<Self>, task_id: &str, epoch: u64, ended: Ended) {
@@ -709,6 +1340,14 @@ impl Inner {
         }
         let cancelled = entry.cancel_requested || entry.token.is_cancelled();
         let (status, result, error) = match ended {
+            // A shutdown interrupts; what the task finished on its own stands.
+            Ended::Returned(TaskResult::Success(v)) if entry.shutting_down => {
+                (TaskStatus::Completed, Some(v), None)
+            }
+            Ended::Returned(TaskResult::Failed(e)) if entry.shutting_down => {
+                (TaskStatus::Failed, None, Some(e))
+            }
+            _ if entry.shutting_down => interrupted(entry.summary.supports_resume),
             Ended::Abandoned => (
                 TaskStatus::Cancelled,
                 None,
@@ -744,7 +1383,8 @@ impl Inner {
         result: Option<Value>,
         error: Option<String>,
     ) {
-        let at_ms = now_ms();
+        let at_ms = self.clock.now_ms();
+        let was_running = entry.summary.status == TaskStatus::Running;
         entry.summary.status = status;
         entry.summary.result = result;
         entry.summary.error = error;
@@ -761,6 +1401,8 @@ impl Inner {
                     task_id: entry.summary.task_id.clone(),
                     epoch: entry.seq,
                     step: Step::Finish {
+                        attempt: entry.durable_attempt,
+                        holder: was_running.then(|| self.instance_id.clone()),
                         status,
                         result: entry.summary.result.clone(),
                         error: entry.summary.error.clone(),
@@ -793,6 +1435,7 @@ impl Inner {
                     task_id: task_id.to_owned(),
                     epoch,
                     step: Step::Output {
+                        attempt: entry.durable_attempt,
                         seq: entry.output_seq,
                         value,
                     },

@@ -38,13 +38,21 @@ pub(crate) enum Step {
     Start(Box<TaskRecord>),
     /// The attempt finished.
     Finish {
+        /// The durable attempt, when known at queue time (a resumed task).
+        attempt: Option<u32>,
+        /// Set when the lease holder reports: see `Transition::Finish`.
+        holder: Option<String>,
         status: TaskStatus,
         result: Option<Value>,
         error: Option<String>,
         at_ms: u64,
     },
     /// The task emitted output.
-    Output { seq: u64, value: Value },
+    Output {
+        attempt: Option<u32>,
+        seq: u64,
+        value: Value,
+    },
 }
 
 /// A step of one task, tagged with the manager's epoch of that task.
@@ -377,19 +385,32 @@ async fn write_steps(
                         record: start.clone(),
                     },
                     Step::Finish {
+                        attempt: known,
+                        holder,
                         status,
                         result,
                         error,
                         at_ms,
                     } => Transition::Finish {
-                        attempt: attempt.or(record.as_ref().map(|r| r.attempt)).unwrap_or(1),
+                        attempt: known
+                            .or(attempt)
+                            .or(record.as_ref().map(|r| r.attempt))
+                            .unwrap_or(1),
+                        holder: holder.clone(),
                         status: *status,
                         result: result.clone(),
                         error: error.clone(),
                         at_ms: *at_ms,
                     },
-                    Step::Output { seq, value } => {
-                        let a = attempt.or(record.as_ref().map(|r| r.attempt)).unwrap_or(1);
+                    Step::Output {
+                        attempt: known,
+                        seq,
+                        value,
+                    } => {
+                        let a = known
+                            .or(attempt)
+                            .or(record.as_ref().map(|r| r.attempt))
+                            .unwrap_or(1);
                         messages.push(output_message(a, *seq, value.clone()));
                         continue;
                     }

@@ -20,6 +20,11 @@ pub(crate) struct Entry {
     pub(crate) seq: u64,
     pub(crate) token: RunCancellationToken,
     pub(crate) cancel_requested: bool,
+    /// Interrupted by `shutdown`, not cancelled by a caller.
+    pub(crate) shutting_down: bool,
+    /// The durable attempt of this epoch, when known before its first write
+    /// (a resumed task).
+    pub(crate) durable_attempt: Option<u32>,
     pub(crate) abort: Option<AbortHandle>,
     /// Callers inside `wait` for this epoch: the entry is never collected
     /// while there are any.

@@ -196,6 +196,7 @@ pub async fn a_terminal_outcome_written_elsewhere_is_not_overwritten(store: Arc<
             &id,
             Transition::Finish {
                 attempt: 1,
+                holder: None,
                 status: TaskStatus::Failed,
                 result: None,
                 error: Some("recovered elsewhere".into()),
@@ -282,6 +283,7 @@ pub async fn a_write_of_an_older_attempt_is_fenced_off(store: Arc<dyn ThreadStor
         .expect("create");
     let finish = |attempt, status| Transition::Finish {
         attempt,
+        holder: None,
         status,
         result: None,
         error: None,
