@@ -89,6 +89,12 @@ impl KeySpace {
         format!("{}:idx:all", self.prefix)
     }
 
+    /// Finished threads with a retention TTL, scored by the time they expire
+    /// (ms), as `id\nkind\nparent`, for sweeping their index entries.
+    pub(crate) fn expiring(&self) -> String {
+        format!("{}:idx:expiring", self.prefix)
+    }
+
     /// The threads of one kind.
     pub(crate) fn idx_kind(&self, kind: &str) -> String {
         format!("{}:idx:kind:{}", self.prefix, encode(kind))

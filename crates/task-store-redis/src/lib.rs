@@ -70,6 +70,7 @@
 //! | `P:idx:kind:E(kind)` | sorted set | ids of one kind, score 0 |
 //! | `P:idx:parent:E(parent)` | sorted set | ids of one parent, score 0 |
 //! | `P:idx:pk:E(parent):E(kind)` | sorted set | ids of one parent and kind, score 0 |
+//! | `P:idx:expiring` | sorted set | `id\nkind\nparent` of finished threads with a TTL, scored by their expiry time (ms) |
 //!
 //! The three keys of a thread share the hash tag `{E(id)}`, so they live in
 //! one slot. Index members are the raw ids, all with score 0, so
@@ -93,19 +94,29 @@
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
 //! | `list_threads` | 2 (+1) | `ZRANGEBYLEX` of the index, a pipeline of `HMGET kind parent` to drop entries of gone threads (+ a prune script when there were any) |
 //! | `delete` | 1 + 1 per index | a script deleting the thread's keys, then a conditional prune of each of its index entries |
+//! | [`sweep_expired`](RedisStore::sweep_expired) | 2 + 1 per index touched | the due entries of the expiry set, a conditional prune per index, then forgetting the swept entries |
 //!
 //! # Retention
 //!
 //! With [`RedisStoreOptions::retention`] set, every write that leaves a
 //! thread marked finished ([`ChangeSet::terminal`](task_store::ChangeSet))
 //! sets the TTL of its three keys (all to the same instant, in the same
-//! script); clearing the mark removes it (`PERSIST`). Index entries are not
-//! given a TTL (a sorted set member cannot have one): `list_threads` checks
-//! every entry it returns against its head (present, and still of the
-//! index's kind and parent) and removes the stale ones with a conditional
-//! script, so an expired or moved thread is never listed and its entry is
-//! dropped the first time a listing passes it. A thread recreated under the
-//! same id is never dropped by mistake: removal re-checks the head atomically.
+//! script, so the retention counts from the thread's last write) and records
+//! the thread in `P:idx:expiring`; clearing the mark removes both (`PERSIST`).
+//! Index entries cannot carry a TTL of their own (a sorted set member has
+//! none), so they are cleaned two ways:
+//!
+//! - `list_threads` checks every entry it returns against its head (present,
+//!   and still of the index's kind and parent) and removes stale ones with a
+//!   conditional script, so an expired or moved thread is never listed;
+//! - a background sweeper (every [`RedisStoreOptions::sweep_interval`],
+//!   60 s by default, while any clone of the store lives) runs
+//!   [`RedisStore::sweep_expired`], which removes the index entries of the
+//!   threads whose expiry has passed, so indexes nobody lists do not keep
+//!   entries of expired threads for longer than one interval.
+//!
+//! Removal always re-checks the head in the same script, so the entry of a
+//! thread recreated under the same id is never dropped by mistake.
 //!
 //! # Redis Cluster
 //!

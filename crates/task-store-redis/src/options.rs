@@ -49,6 +49,11 @@ pub struct RedisStoreOptions {
     ///
     /// [`ChangeSet::terminal`]: task_store::ChangeSet::terminal
     pub retention: Option<Duration>,
+    /// How often a store with a retention sweeps the index entries of
+    /// expired threads in the background (default every 60 s; `None` never,
+    /// leaving it to [`RedisStore::sweep_expired`](crate::RedisStore::sweep_expired)
+    /// and to listings, which drop such entries as they pass them).
+    pub sweep_interval: Option<Duration>,
 }
 
 impl Default for RedisStoreOptions {
@@ -60,6 +65,7 @@ impl Default for RedisStoreOptions {
             reconnect_retries: 2,
             reconnect_max_delay: Duration::from_millis(500),
             retention: None,
+            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -92,6 +98,12 @@ impl RedisStoreOptions {
     /// Sets the longest wait between reconnection attempts.
     pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
         self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// Sets how often expired index entries are swept in the background.
+    pub fn with_sweep_interval(mut self, every: Option<Duration>) -> Self {
+        self.sweep_interval = every;
         self
     }
 

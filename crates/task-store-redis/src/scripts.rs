@@ -13,7 +13,8 @@ use redis::Script;
 
 /// `create`, `append` and `save` of one thread.
 ///
-/// `KEYS`: head, log, mids; for `create` and `save` then the index keys of the
+/// `KEYS`: head, log, mids, the expiry set; for `create` and `save` then the
+/// index keys of the
 /// new kind and parent (all, kind, and parent, parent+kind when `ARGV[8]` is
 /// not empty), then those of the old kind and parent (kind when `ARGV[10]` is
 /// not empty; parent, parent+kind when `ARGV[11]` is not empty; all is shared).
@@ -22,7 +23,8 @@ use redis::Script;
 /// any); 3 state JSON (`''` for none); 4 finished mark (`''`, `'0'`, `'1'`);
 /// 5 retention in ms (`'0'` for none); 6 thread id; 7 kind; 8 parent (`''` for
 /// none); 9 metadata JSON; 10 old kind the caller assumes (`''` for none);
-/// 11 old parent it assumes; 12 message count n; then n pairs of message id
+/// 11 old parent it assumes (for `append` the thread's own kind and parent
+/// are read from its head); 12 message count n; then n pairs of message id
 /// (`''` for none) and message JSON.
 ///
 /// Returns `{'ok', version, last_seq, appended, skipped}`, or
@@ -33,7 +35,7 @@ use redis::Script;
 pub(crate) static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_LUA));
 
 const WRITE_LUA: &str = r#"
-local head, log, mids = KEYS[1], KEYS[2], KEYS[3]
+local head, log, mids, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode = ARGV[1]
 local kind, parent = ARGV[7], ARGV[8]
 local old_kind, old_parent = ARGV[10], ARGV[11]
@@ -83,18 +85,21 @@ if mode ~= 'append' then
   if exists and (cur_kind ~= old_kind or cur_parent ~= old_parent) then
     return {'moved', cur_kind, cur_parent}
   end
-  local k = 4
+  local k = 5
   idx_all = KEYS[k]; idx_kind = KEYS[k + 1]; k = k + 2
   if parent ~= '' then idx_parent = KEYS[k]; idx_pk = KEYS[k + 1]; k = k + 2 end
   if old_kind ~= '' then
     old_idx_kind = KEYS[k]; k = k + 1
     if old_parent ~= '' then old_idx_parent = KEYS[k]; old_idx_pk = KEYS[k + 1]; k = k + 2 end
   end
-  for i = 4, #KEYS do
+  for i = 5, #KEYS do
     local t = redis.call('TYPE', KEYS[i])['ok']
     if t ~= 'none' and t ~= 'zset' then return {'badindex', KEYS[i]} end
   end
 end
+
+local expiring_type = redis.call('TYPE', expiring)['ok']
+if expiring_type ~= 'none' and expiring_type ~= 'zset' then return {'badindex', expiring} end
 
 -- Every check is done: from here on nothing fails. A missing head means a
 -- fresh thread: drop anything left behind under its tag.
@@ -142,13 +147,20 @@ if mode ~= 'append' then
   end
 end
 
--- Retention: a finished thread expires, all its keys at the same moment.
+-- Retention: a finished thread expires, all its keys at the same moment,
+-- and the expiry set remembers which index entries to sweep then.
 local ttl = tonumber(ARGV[5])
+local final_kind, final_parent = cur_kind, cur_parent
+if mode ~= 'append' then final_kind, final_parent = kind, parent end
+local entry = ARGV[6] .. '\n' .. final_kind .. '\n' .. final_parent
 if term == '1' then
   if ttl > 0 then
     redis.call('PEXPIRE', head, ttl)
     redis.call('PEXPIRE', log, ttl)
     redis.call('PEXPIRE', mids, ttl)
+    local now = redis.call('TIME')
+    local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    redis.call('ZADD', expiring, now_ms + ttl, entry)
   else
     local left = redis.call('PTTL', head)
     if left > 0 then
@@ -160,6 +172,7 @@ elseif ARGV[4] ~= '' then
   redis.call('PERSIST', head)
   redis.call('PERSIST', log)
   redis.call('PERSIST', mids)
+  redis.call('ZREM', expiring, entry)
 end
 
 return {'ok', version, last_seq, appended, skipped}
@@ -242,10 +255,43 @@ end
 return removed
 "#;
 
+/// The entries of the expiry set that are due: `KEYS`: the expiry set;
+/// `ARGV`: 1 the most to return. Uses the server's clock. Returns
+/// `{now_ms, entry...}`, each entry `id\nkind\nparent`.
+pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| Script::new(DUE_LUA));
+
+const DUE_LUA: &str = r#"
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+local out = {now_ms}
+for i = 1, #due do out[#out + 1] = due[i] end
+return out
+"#;
+
+/// Removes swept entries from the expiry set, unless a later write pushed
+/// their expiry past `ARGV[1]` (the time they were found due). `KEYS`: the
+/// expiry set; `ARGV`: 1 that time, then the entries. Returns how many went.
+pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(FORGET_LUA));
+
+const FORGET_LUA: &str = r#"
+local removed = 0
+local due_at = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]))
+  if score ~= nil and score <= due_at then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"#;
+
 /// Every script with its source, for loading them up front.
-pub(crate) fn all() -> [(&'static Script, &'static str); 4] {
+pub(crate) fn all() -> [(&'static Script, &'static str); 6] {
     [
         (&WRITE, WRITE_LUA),
+        (&DUE, DUE_LUA),
+        (&FORGET, FORGET_LUA),
         (&READ_LOG, READ_LOG_LUA),
         (&DELETE, DELETE_LUA),
         (&PRUNE, PRUNE_LUA),

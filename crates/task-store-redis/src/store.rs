@@ -1,5 +1,6 @@
 //! [`RedisStore`]: the storage contract on Redis.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,9 @@ use crate::scripts;
 /// thread to another kind or parent between its attempts.
 const MAX_SAVE_ATTEMPTS: usize = 8;
 
+/// How many expired threads one sweep handles at a time.
+const SWEEP_BATCH: usize = 500;
+
 /// The thread storage contract on Redis or Valkey. See the [crate docs](crate)
 /// for the key layout, the scripts and production notes.
 ///
@@ -31,11 +35,11 @@ const MAX_SAVE_ATTEMPTS: usize = 8;
 /// by itself after the server went away.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    conn: ConnectionManager,
     keys: KeySpace,
     /// The URL without its password, for messages.
     target: String,
@@ -180,8 +184,8 @@ impl RedisStore {
             .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1))
             .unwrap_or(0);
         let store = Self {
-            conn,
             inner: Arc::new(Inner {
+                conn,
                 keys: KeySpace::new(prefix),
                 target,
                 options,
@@ -189,7 +193,118 @@ impl RedisStore {
             }),
         };
         store.load_scripts().await?;
+        if let (Some(_), Some(every)) = (
+            store.inner.options.retention,
+            store.inner.options.sweep_interval,
+        ) {
+            store.spawn_sweeper(every);
+        }
         Ok(store)
+    }
+
+    /// Removes the index entries of finished threads whose retention has
+    /// run out, at most `max` threads' worth, and returns how many threads
+    /// were swept. Listing never shows such threads anyway (it checks every
+    /// entry against its head); sweeping frees the entries of indexes nobody
+    /// lists. With a retention and a
+    /// [`sweep_interval`](RedisStoreOptions::sweep_interval), the store runs
+    /// this by itself in the background.
+    ///
+    /// # Errors
+    ///
+    /// `Unavailable`/`Timeout` when the server cannot answer; `Backend` when
+    /// the expiry set is not a sorted set.
+    pub async fn sweep_expired(&self, max: usize) -> Result<usize> {
+        let expiring = self.inner.keys.expiring();
+        let due = Invocation::new(&scripts::DUE)
+            .key(expiring.clone())
+            .arg(max.max(1).to_string());
+        let reply = self.invoke(&due, &expiring).await?;
+        let mut items = reply_items(&expiring, reply)?.into_iter();
+        let due_at = int(&expiring, items.next())?;
+        let entries = items
+            .map(|item| opt_string(&expiring, Some(item)).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<String>>>()?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+
+        // Group the ids by the index entries they may have left behind.
+        let keys = &self.inner.keys;
+        let mut by_index: BTreeMap<String, (Option<String>, Option<String>, Vec<String>)> =
+            BTreeMap::new();
+        for entry in &entries {
+            let mut parts = entry.splitn(3, '\n');
+            let (Some(id), Some(kind), parent) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let parent = parent.filter(|p| !p.is_empty());
+            let mut add = |index: String, kind: Option<&str>, parent: Option<&str>| {
+                by_index
+                    .entry(index)
+                    .or_insert_with(|| {
+                        (
+                            kind.map(str::to_owned),
+                            parent.map(str::to_owned),
+                            Vec::new(),
+                        )
+                    })
+                    .2
+                    .push(id.to_owned());
+            };
+            add(keys.idx_all(), None, None);
+            if !kind.is_empty() {
+                add(keys.idx_kind(kind), Some(kind), None);
+            }
+            if let Some(parent) = parent {
+                add(keys.idx_parent(parent), None, Some(parent));
+                if !kind.is_empty() {
+                    add(keys.idx_parent_kind(parent, kind), Some(kind), Some(parent));
+                }
+            }
+        }
+        for (index, (kind, parent, ids)) in &by_index {
+            self.prune(index, kind.as_deref(), parent.as_deref(), ids)
+                .await?;
+        }
+
+        let mut forget = Invocation::new(&scripts::FORGET)
+            .key(expiring.clone())
+            .arg(due_at.to_string());
+        for entry in &entries {
+            forget = forget.arg(entry.as_str());
+        }
+        self.invoke(&forget, &expiring).await?;
+        Ok(entries.len())
+    }
+
+    /// Sweeps expired index entries every `every`, for as long as a clone of
+    /// this store lives.
+    fn spawn_sweeper(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The first tick is immediate; nothing has expired yet.
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let store = RedisStore { inner };
+                loop {
+                    match store.sweep_expired(SWEEP_BATCH).await {
+                        Ok(n) if n == SWEEP_BATCH => continue,
+                        Ok(_) => break,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "sweeping expired index entries failed; trying again later");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The key prefix of this store.
@@ -211,7 +326,7 @@ impl RedisStore {
         for (_, source) in scripts::all() {
             pipe.cmd("SCRIPT").arg("LOAD").arg(source);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         pipe.query_async::<Vec<String>>(&mut conn)
             .await
             .map_err(|err| RedisFailure::general(err).into())
@@ -226,7 +341,7 @@ impl RedisStore {
         for arg in &invocation.args {
             script.arg(arg.as_slice());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         script
             .invoke_async::<Value>(&mut conn)
             .await
@@ -255,6 +370,7 @@ impl RedisStore {
             .key(keys.head)
             .key(keys.log)
             .key(keys.mids)
+            .key(self.inner.keys.expiring())
             .arg("append")
             .arg(expected)
             .arg(state)
@@ -282,7 +398,8 @@ impl RedisStore {
         let mut invocation = Invocation::new(&scripts::WRITE)
             .key(thread_keys.head)
             .key(thread_keys.log)
-            .key(thread_keys.mids);
+            .key(thread_keys.mids)
+            .key(keys.expiring());
         for key in keys.indexes_of(&thread.kind, thread.parent_id.as_deref()) {
             invocation = invocation.key(key);
         }
@@ -397,7 +514,7 @@ impl RedisStore {
         for invocation in invocations {
             pipe.add_command(invocation.evalsha());
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         match pipe.query_async::<Vec<Value>>(&mut conn).await {
             Ok(values) if values.len() == invocations.len() => values
                 .into_iter()
@@ -425,7 +542,7 @@ type RedisResultValue = std::result::Result<Value, RedisError>;
 impl ThreadReader for RedisStore {
     async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
         validate_id("thread id", id)?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
             .arg(self.inner.keys.head(id))
             .arg(&HEAD_FIELDS[..])
@@ -493,7 +610,7 @@ impl ThreadReader for RedisStore {
 
         let mut live: Vec<String> = Vec::with_capacity(limit + 1);
         let mut cursor = query.after.clone();
-        let mut conn = self.conn.clone();
+        let mut conn = self.inner.conn.clone();
         while live.len() <= limit {
             let want = limit + 1 - live.len();
             let min = match &cursor {

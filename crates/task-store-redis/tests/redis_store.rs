@@ -503,3 +503,96 @@ async fn a_large_log_pages_through_in_order() {
     );
     purge(&shared_url(test), store.prefix()).await;
 }
+
+#[tokio::test]
+async fn expired_threads_leave_every_index_when_swept() {
+    let test = "expired_threads_leave_every_index_when_swept";
+    let options = RedisStoreOptions::default()
+        .with_retention(Some(Duration::from_millis(1)))
+        .with_sweep_interval(None);
+    let Some(store) = shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    let mut finished = Thread::new("gone", "task").with_parent("p");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+    store
+        .create(Thread::new("kept", "task").with_parent("p"))
+        .await
+        .expect("create");
+
+    // Wait for the server to expire the finished thread (1 ms), by asking it.
+    let mut conn = raw(&url).await;
+    let head = format!("{prefix}:{{gone}}:head");
+    let mut expired = false;
+    for _ in 0..10_000 {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&head)
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        if exists == 0 {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the server expired the finished thread");
+
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 1);
+    for index in ["all", "kind:task", "parent:p", "pk:p:task"] {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{prefix}:idx:{index}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .expect("ZRANGE");
+        assert_eq!(members, vec!["kept"], "{index}");
+    }
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}:idx:expiring"))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD");
+    assert_eq!(left, 0);
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn the_background_sweeper_cleans_indexes_by_itself() {
+    let test = "the_background_sweeper_cleans_indexes_by_itself";
+    let options = RedisStoreOptions::default()
+        .with_retention(Some(Duration::from_millis(1)))
+        .with_sweep_interval(Some(Duration::from_millis(20)));
+    let Some(store) = shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    let mut finished = Thread::new("gone", "task").with_parent("p");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+
+    // Poll the server (bounded) until the sweeper has emptied the index.
+    let mut conn = raw(&url).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let members: u64 = redis::cmd("ZCARD")
+            .arg(format!("{prefix}:idx:parent:p"))
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        if members == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper did not clean the index within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    purge(&url, &prefix).await;
+}
