@@ -25,6 +25,9 @@ use crate::scripts;
 /// thread to another kind or parent between its attempts.
 const MAX_SAVE_ATTEMPTS: usize = 8;
 
+/// The ids to prune from one index, with the index's kind and parent.
+type IndexSweep = (Option<String>, Option<String>, Vec<String>);
+
 /// How many expired threads one sweep handles at a time.
 const SWEEP_BATCH: usize = 500;
 
@@ -231,8 +234,7 @@ impl RedisStore {
 
         // Group the ids by the index entries they may have left behind.
         let keys = &self.inner.keys;
-        let mut by_index: BTreeMap<String, (Option<String>, Option<String>, Vec<String>)> =
-            BTreeMap::new();
+        let mut by_index: BTreeMap<String, IndexSweep> = BTreeMap::new();
         for entry in &entries {
             let mut parts = entry.splitn(3, '\n');
             let (Some(id), Some(kind), parent) = (parts.next(), parts.next(), parts.next()) else {
