@@ -598,6 +598,33 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_and_restart_keep_the_data_on_the_same_port() {
+        let builder = RedisServer::builder()
+            .appendonly(true)
+            .appendfsync(AppendFsync::Always);
+        let Some(mut server) = private_server_or_skip("harness shutdown and restart", builder)
+        else {
+            return;
+        };
+        let port = server.port();
+        assert_eq!(server.command(&["SET", "k", "v"]).expect("SET"), "+OK");
+        server.shutdown().expect("SHUTDOWN");
+        assert!(!server.is_running());
+        assert!(
+            server.command(&["PING"]).is_err(),
+            "nothing listens any more"
+        );
+        server.restart().expect("restart");
+        assert_eq!(server.port(), port);
+        assert_eq!(server.command(&["GET", "k"]).expect("GET"), "$1");
+
+        server.kill().expect("SIGKILL");
+        assert!(!server.is_running());
+        server.restart().expect("restart after SIGKILL");
+        assert_eq!(server.command(&["GET", "k"]).expect("GET"), "$1");
+    }
+
+    #[test]
     fn unique_prefixes_are_valid_and_distinct() {
         let a = unique_prefix("some::test name");
         let b = unique_prefix("some::test name");
