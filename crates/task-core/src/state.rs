@@ -75,6 +75,10 @@ pub struct TaskRecord {
     /// Who runs it, while it runs.
     #[serde(default)]
     pub lease: Option<Lease>,
+    /// A unique id of the start (or resume) that began the current attempt,
+    /// so a retried start is recognised as the same one.
+    #[serde(default)]
+    pub run_id: Option<String>,
 }
 
 impl TaskRecord {
@@ -97,6 +101,7 @@ impl TaskRecord {
             completed_at_ms: None,
             cancel_requested_at_ms: None,
             lease: None,
+            run_id: None,
         }
     }
 }
@@ -145,6 +150,8 @@ pub enum Transition {
         at_ms: u64,
         /// Who runs the new attempt.
         lease: Option<Lease>,
+        /// The unique id of this resume (see [`TaskRecord::run_id`]).
+        run_id: Option<String>,
     },
     /// Sets (or clears) the lease of a running attempt.
     SetLease {
@@ -260,6 +267,11 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
     };
     match transition {
         Transition::Start { record } => {
+            if record.run_id.is_some() && rec.run_id == record.run_id {
+                // Our own start, written by an earlier try whose outcome was
+                // unknown (and perhaps finished since).
+                return Outcome::AlreadyApplied;
+            }
             if rec.status != TaskStatus::Running {
                 let mut next = (**record).clone();
                 next.attempt = rec.attempt + 1;
@@ -347,8 +359,9 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
             from_attempt,
             at_ms,
             lease,
+            run_id,
         } => {
-            if rec.attempt == from_attempt + 1 && rec.status == TaskStatus::Running {
+            if rec.attempt == from_attempt + 1 && run_id.is_some() && rec.run_id == *run_id {
                 return Outcome::AlreadyApplied;
             }
             if let Some(rejection) = fence(rec, *from_attempt) {
@@ -368,6 +381,7 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
             next.cancel_requested_at_ms = None;
             next.updated_at_ms = *at_ms;
             next.lease = lease.clone();
+            next.run_id = run_id.clone();
             Outcome::Applied(next)
         }
         Transition::SetLease {
@@ -464,6 +478,25 @@ mod tests {
             Outcome::Applied(r) => assert_eq!((r.status, r.attempt), (Running, 1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_retried_start_is_recognised_even_after_the_attempt_finished() {
+        let mut mine = record(Running, 1);
+        mine.run_id = Some("run-1".into());
+        let t = Transition::Start {
+            record: Box::new(mine.clone()),
+        };
+        let mut finished = mine;
+        finished.status = Completed;
+        assert_eq!(apply(Some(&finished), &t), Outcome::AlreadyApplied);
+        // A new start (another run id) of the finished task is the next attempt.
+        let mut next = record(Running, 1);
+        next.run_id = Some("run-2".into());
+        assert!(matches!(
+            apply(Some(&finished), &Transition::Start { record: Box::new(next) }),
+            Outcome::Applied(r) if r.attempt == 2
+        ));
     }
 
     #[test]
@@ -657,13 +690,24 @@ mod tests {
             from_attempt: 1,
             at_ms: 9,
             lease: None,
+            run_id: Some("r2".into()),
         };
         let Outcome::Applied(r) = apply(Some(&record(Stopped, 1)), &t) else {
             panic!("stopped resumable task resumes");
         };
         assert_eq!((r.status, r.attempt), (Running, 2));
-        // Retrying the same resume finds it applied.
+        // Retrying the same resume finds it applied; another one is refused.
         assert_eq!(apply(Some(&r), &t), Outcome::AlreadyApplied);
+        let other = Transition::Resume {
+            from_attempt: 1,
+            at_ms: 9,
+            lease: None,
+            run_id: Some("someone else".into()),
+        };
+        assert!(matches!(
+            apply(Some(&r), &other),
+            Outcome::Rejected(Rejection::StaleAttempt { .. })
+        ));
         for status in [Running, Completed, Failed, Cancelled] {
             assert!(
                 matches!(

@@ -71,6 +71,7 @@ fn record(status: TaskStatus) -> TaskRecord {
         completed_at_ms: None,
         cancel_requested_at_ms: None,
         lease: None,
+        run_id: None,
     }
 }
 

@@ -8,7 +8,7 @@ mod registry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -484,6 +484,7 @@ impl BackgroundTaskManager {
         let start = match (&inner.outbox, resumed_attempt) {
             (Some(_), None) => Some(Box::new(TaskRecord {
                 lease: Some(inner.new_lease(now)),
+                run_id: Some(new_task_id()),
                 ..TaskRecord::running(
                     NewTaskSpec {
                         task_id: task_id.clone(),
@@ -527,7 +528,7 @@ impl BackgroundTaskManager {
             inner: Arc::downgrade(inner),
         };
         let handle = tokio::spawn(run_task(
-            Arc::clone(inner),
+            Arc::downgrade(inner),
             task_id.clone(),
             seq,
             token.clone(),
@@ -1077,6 +1078,7 @@ impl BackgroundTaskManager {
                     from_attempt: record.attempt,
                     at_ms: now,
                     lease: Some(self.inner.new_lease(now)),
+                    run_id: Some(new_task_id()),
                 },
             )
             .await
@@ -1231,8 +1233,12 @@ fn request_cancel(inner: &Inner, entry: &mut Entry) {
 }
 
 /// Runs one task to its end and records the outcome.
+///
+/// Holds the manager weakly: when the last handle to a manager is dropped,
+/// its tasks are aborted (see `Drop for Inner`) and nothing more is recorded,
+/// as if the process had died; recovery settles their durable records.
 async fn run_task<F, Fut>(
-    inner: Arc<Inner>,
+    inner: Weak<Inner>,
     task_id: TaskId,
     epoch: u64,
     token: RunCancellationToken,
@@ -1242,7 +1248,9 @@ async fn run_task<F, Fut>(
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = TaskResult> + Send + 'static,
 {
-    let grace = inner.cancel_grace;
+    let Some(grace) = inner.upgrade().map(|i| i.cancel_grace) else {
+        return;
+    };
     let work = AssertUnwindSafe(async move { f(ctx).await }).catch_unwind();
     let ended = tokio::select! {
         biased;
@@ -1255,7 +1263,25 @@ async fn run_task<F, Fut>(
             tokio::time::sleep(grace).await;
         } => Ended::Abandoned,
     };
-    inner.finish(&task_id, epoch, ended);
+    if let Some(inner) = inner.upgrade() {
+        inner.finish(&task_id, epoch, ended);
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: nobody can observe or record these tasks any
+    /// more, so they are aborted rather than left running unsupervised.
+    fn drop(&mut self) {
+        let reg = self
+            .registry
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for entry in reg.tasks.values_mut() {
+            if let Some(abort) = entry.abort.take() {
+                abort.abort();
+            }
+        }
+    }
 }
 
 /// The outcome of a task interrupted by `shutdown` or by the loss of its

@@ -304,10 +304,12 @@ impl Writer {
                 } else if !drained {
                     self.ready.push_back(task_id.clone());
                 }
-                self.pending.resolve(steps);
+                // Report before resolving, so `flush` returns only once the
+                // summaries show the outcome.
                 if let Some(inner) = inner {
                     inner.on_written(&task_id, epoch, steps, attempt, None, drained);
                 }
+                self.pending.resolve(steps);
             }
             Err(error) if is_permanent(&error) => {
                 tracing::warn!(task_id = %task_id, %error, "task write given up");
@@ -319,11 +321,11 @@ impl Writer {
                 } else {
                     self.ready.push_back(task_id.clone());
                 }
-                self.pending.resolve(steps);
                 if let Some(inner) = inner {
                     let message = error.to_string();
                     inner.on_written(&task_id, epoch, steps, None, Some((message, true)), drained);
                 }
+                self.pending.resolve(steps);
             }
             Err(error) => {
                 q.failures += 1;

@@ -300,6 +300,7 @@ pub async fn a_write_of_an_older_attempt_is_fenced_off(store: Arc<dyn ThreadStor
                 from_attempt: 1,
                 at_ms: 3,
                 lease: None,
+                run_id: Some("resume-1".into()),
             },
         )
         .await
