@@ -3,8 +3,11 @@
 //! to `redis-benchmark -t set -P 16` on the same server.
 //!
 //! ```text
-//! cargo run --release -p task-store-redis --example throughput [-- N]
+//! cargo run --release -p task-store-redis --example throughput [-- N [always|everysec]]
 //! ```
+//!
+//! Without a second argument the server has no persistence; with one, it
+//! runs with `appendonly yes` and that `appendfsync`.
 //!
 //! Speed is measured here, never asserted in tests.
 
@@ -16,7 +19,7 @@ use std::time::Instant;
 use serde_json::json;
 use task_store::{AppendRequest, ChangeSet, NewMessage, Thread, ThreadWriter, VersionPrecondition};
 use task_store_redis::{RedisStore, RedisStoreOptions};
-use task_testkit::redis_server::RedisServer;
+use task_testkit::redis_server::{AppendFsync, RedisServer};
 
 fn finish(i: usize, version: u64) -> (ChangeSet, VersionPrecondition) {
     let changes = ChangeSet::state(json!({
@@ -69,10 +72,19 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5000);
-    let server = RedisServer::start().expect("start a private redis-server");
+    let fsync = std::env::args().nth(2);
+    let mut builder = RedisServer::builder();
+    match fsync.as_deref() {
+        Some("always") => builder = builder.appendonly(true).appendfsync(AppendFsync::Always),
+        Some("everysec") => builder = builder.appendonly(true).appendfsync(AppendFsync::EverySec),
+        Some(other) => panic!("unknown appendfsync {other:?}: use always or everysec"),
+        None => {}
+    }
+    let server = builder.start().expect("start a private redis-server");
     println!(
-        "private redis-server on port {} ({n} threads per run)",
-        server.port()
+        "private redis-server on port {} ({n} threads per run, appendfsync {})",
+        server.port(),
+        fsync.as_deref().unwrap_or("off (no AOF)")
     );
     let store = RedisStore::connect_with(
         &server.url(),

@@ -222,7 +222,7 @@ impl RedisStore {
         let due = Invocation::new(&scripts::DUE)
             .key(expiring.clone())
             .arg(max.max(1).to_string());
-        let reply = self.invoke(&due, &expiring).await?;
+        let reply = self.invoke(&due, None).await?;
         let mut items = reply_items(&expiring, reply)?.into_iter();
         let due_at = int(&expiring, items.next())?;
         let entries = items
@@ -276,7 +276,7 @@ impl RedisStore {
         for entry in &entries {
             forget = forget.arg(entry.as_str());
         }
-        self.invoke(&forget, &expiring).await?;
+        self.invoke(&forget, None).await?;
         Ok(entries.len())
     }
 
@@ -335,7 +335,9 @@ impl RedisStore {
             .map(|_| ())
     }
 
-    async fn invoke(&self, invocation: &Invocation, thread: &str) -> Result<Value> {
+    /// Runs a script; `thread` names the thread its keys belong to, if they
+    /// belong to one (a wrong-type key is then that thread's corruption).
+    async fn invoke(&self, invocation: &Invocation, thread: Option<&str>) -> Result<Value> {
         let mut script = invocation.script.prepare_invoke();
         for key in &invocation.keys {
             script.key(key);
@@ -347,7 +349,7 @@ impl RedisStore {
         script
             .invoke_async::<Value>(&mut conn)
             .await
-            .map_err(|err| RedisFailure::on(thread)(err).into())
+            .map_err(|error| RedisFailure { error, thread }.into())
     }
 
     /// The invocation of the write script for an append.
@@ -455,7 +457,7 @@ impl RedisStore {
         for _ in 0..MAX_SAVE_ATTEMPTS {
             let old = (mode == "save").then_some((old_kind.as_str(), old_parent.as_deref()));
             let invocation = self.thread_invocation(mode, thread, old)?;
-            let reply = self.invoke(&invocation, &thread.id).await?;
+            let reply = self.invoke(&invocation, Some(&thread.id)).await?;
             match parse_write_reply(&thread.id, reply)? {
                 WriteReply::Ok(committed) => return Ok(committed),
                 WriteReply::Exists => {
@@ -499,7 +501,7 @@ impl RedisStore {
         for id in ids {
             invocation = invocation.key(self.inner.keys.head(id)).arg(id.as_str());
         }
-        let removed = self.invoke(&invocation, &ids[0]).await?;
+        let removed = self.invoke(&invocation, None).await?;
         if let Value::Int(n) = removed
             && n > 0
         {
@@ -563,7 +565,7 @@ impl ThreadReader for RedisStore {
             .key(keys.log)
             .arg(query.after.to_string())
             .arg(limit.to_string());
-        let reply = self.invoke(&invocation, id).await?;
+        let reply = self.invoke(&invocation, Some(id)).await?;
         let mut items = reply_items(id, reply)?.into_iter();
         match status(id, items.next())?.as_str() {
             "ok" => {}
@@ -719,7 +721,7 @@ impl ThreadWriter for RedisStore {
         validate_id("thread id", id)?;
         validate_messages(&changes.messages)?;
         let invocation = self.append_invocation(id, &changes, precondition)?;
-        let reply = self.invoke(&invocation, id).await?;
+        let reply = self.invoke(&invocation, Some(id)).await?;
         append_result(id, precondition, parse_write_reply(id, reply))
     }
 
@@ -807,7 +809,7 @@ impl ThreadWriter for RedisStore {
             .key(keys.head)
             .key(keys.log)
             .key(keys.mids);
-        let reply = self.invoke(&invocation, id).await?;
+        let reply = self.invoke(&invocation, Some(id)).await?;
         let mut items = reply_items(id, reply)?.into_iter();
         match status(id, items.next())?.as_str() {
             "missing" => Ok(()),
