@@ -52,6 +52,28 @@
 //! contract says, a write that failed with a retryable error may have been
 //! applied: retry it as it was (versions and message ids make that safe).
 //!
+//! # Features
+//!
+//! - `tls`: `rediss://` URLs, through rustls (ring), with server certificates
+//!   checked against the system's roots.
+//! - `tls-insecure`: also accepts `rediss://…#insecure`, which skips the
+//!   certificate check; for tests against self-signed certificates only.
+//!
+//! # Errors
+//!
+//! Redis errors are mapped in one place: timeouts are
+//! [`Timeout`](task_store::ThreadStoreError::Timeout); dropped or refused
+//! connections and the server's "not now" answers (`LOADING` after a
+//! restart, `BUSY`, `READONLY` after a failover, `TRYAGAIN`, `MASTERDOWN`)
+//! are [`Unavailable`](task_store::ThreadStoreError::Unavailable); both are
+//! retryable. A refused password (`WRONGPASS`, `NOAUTH`) or an ACL refusal
+//! (`NOPERM`, such as a key outside the user's pattern) is
+//! [`Authentication`](task_store::ThreadStoreError::Authentication). A key of
+//! the wrong type or a record that does not decode is
+//! [`Corrupt`](task_store::ThreadStoreError::Corrupt) for that thread alone.
+//! Anything else (`OOM`, a script error) is
+//! [`Backend`](task_store::ThreadStoreError::Backend), not retryable.
+//!
 //! # Key layout
 //!
 //! Every key starts with the prefix `P`. Ids become part of key names only
