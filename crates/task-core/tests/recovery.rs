@@ -168,7 +168,7 @@ async fn a_holder_that_lost_its_lease_cannot_overwrite_the_recovered_state() {
     let b = manager(memory.clone(), "b");
     pass(TTL + Duration::from_secs(2)).await;
     let report = b.recover().await.expect("recover");
-    assert_eq!(report.failed, [id.clone()]);
+    assert_eq!(report.failed, std::slice::from_ref(&id));
 
     // A comes back and finishes: its write is refused, and it says so.
     release.send(()).expect("task waits");
@@ -340,7 +340,7 @@ async fn shutdown_interrupts_running_tasks_durably_and_releases_the_lease() {
     // Shorter than the cancel grace, so the stubborn task is still running
     // when the shutdown grace ends.
     let report = a.shutdown(Duration::from_millis(500)).await;
-    assert_eq!(report.interrupted, [stubborn.clone()]);
+    assert_eq!(report.interrupted, std::slice::from_ref(&stubborn));
     assert_eq!(report.finished.len(), 2);
 
     let status = |id: String| {
