@@ -155,10 +155,12 @@ impl RedisStore {
     /// for `rediss://` without the `tls` feature; `Authentication` when the
     /// server refuses the credentials (or the ACL user may not load scripts);
     /// `Unavailable`/`Timeout` when the server cannot be reached.
-    pub async fn connect_with(url: &str, options: RedisStoreOptions) -> Result<Self> {
+    pub async fn connect_with(url: &str, mut options: RedisStoreOptions) -> Result<Self> {
         let (url, target, prefix) = split_url(url)?;
-        let prefix = prefix.unwrap_or_else(|| options.prefix.clone());
-        validate_prefix(&prefix)?;
+        if let Some(prefix) = prefix {
+            options.prefix = prefix;
+        }
+        validate_prefix(&options.prefix)?;
         #[cfg(feature = "tls")]
         {
             // rustls needs one process-wide crypto provider; another part of
@@ -184,12 +186,17 @@ impl RedisStore {
 
         let retention_ms = options
             .retention
-            .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX).max(1))
+            // At least 1 ms; at most 2^52 ms, which Lua's numbers hold exactly.
+            .map(|r| {
+                u64::try_from(r.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .clamp(1, 1 << 52)
+            })
             .unwrap_or(0);
         let store = Self {
             inner: Arc::new(Inner {
                 conn,
-                keys: KeySpace::new(prefix),
+                keys: KeySpace::new(options.prefix.clone()),
                 target,
                 options,
                 retention_ms,

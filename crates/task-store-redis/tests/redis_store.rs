@@ -87,6 +87,11 @@ async fn the_url_prefix_parameter_sets_the_prefix() {
         .await
         .expect("connect");
     assert_eq!(store.prefix(), prefix);
+    assert_eq!(
+        store.options().prefix,
+        prefix,
+        "the options show the prefix in effect"
+    );
     store
         .create(Thread::new("t1", "task"))
         .await
