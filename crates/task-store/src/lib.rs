@@ -85,7 +85,7 @@ pub use error::{BoxError, Result, ThreadStoreError};
 pub use id::{MAX_ID_LEN, validate_id, validate_messages, validate_query, validate_thread};
 pub use store::{ThreadReader, ThreadReaderExt, ThreadStore, ThreadWriter};
 pub use types::{
-    AppendRequest, ChangeSet, Committed, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message,
-    MessagePage, MessageQuery, Metadata, NewMessage, Thread, ThreadHead, ThreadPage, ThreadQuery,
+    AppendRequest, ChangeSet, Committed, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessagePage,
+    MessageQuery, Metadata, NewMessage, Thread, ThreadHead, ThreadPage, ThreadQuery,
     VersionPrecondition, effective_limit,
 };

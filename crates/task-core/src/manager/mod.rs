@@ -587,9 +587,9 @@ impl BackgroundTaskManager {
     ///
     /// # Errors
     ///
-    /// `UnknownTask` ("Unknown task_id: <id>") when the owner has no such
-    /// task; `NotRunning` ("Task '<id>' is not running (current status: <s>)")
-    /// when it has finished.
+    /// `UnknownTask` (`"Unknown task_id: <id>"`) when the owner has no such
+    /// task; `NotRunning` (`"Task '<id>' is not running (current status:
+    /// <s>)"`) when it has finished.
     pub async fn cancel(&self, owner: &str, task_id: &str) -> Result<(), TaskError> {
         {
             let mut reg = self.inner.lock();
