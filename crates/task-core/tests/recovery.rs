@@ -367,3 +367,31 @@ async fn shutdown_interrupts_running_tasks_durably_and_releases_the_lease() {
     let report = b.recover().await.expect("recover");
     assert!(report.is_empty() && report.alive == 0, "{report:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wake_up_signal_delivers_a_cross_instance_cancel_before_the_next_poll() {
+    let store: Arc<dyn ThreadStore> = Arc::new(MemoryStore::new());
+    let slow_poll = Duration::from_secs(3600);
+    let holder = BackgroundTaskManager::builder()
+        .task_store(Arc::new(TaskStore::new(store.clone())))
+        .instance_id("holder")
+        .lease(TTL, Duration::from_secs(3))
+        .control_poll_interval(slow_poll)
+        .build();
+    let canceller = manager(store, "canceller");
+    let id = spawn_waiting(&holder, "o", "shell").await;
+    holder.flush().await;
+    // Let the holder's control loop subscribe before the signal is sent.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let started = tokio::time::Instant::now();
+    canceller.cancel("o", &id).await.expect("cancel");
+    let s = holder.wait("o", &id).await.expect("known");
+    assert_eq!(s.status, TaskStatus::Cancelled);
+    assert!(
+        started.elapsed() < slow_poll,
+        "delivered by the signal, not by the poll ({:?})",
+        started.elapsed()
+    );
+}

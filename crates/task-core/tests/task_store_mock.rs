@@ -13,7 +13,21 @@ use task_store::{
 };
 
 mockall::mock! {
-    Store {}
+    Store {
+        // The writer's methods, mocked as plain functions: the trait is
+        // implemented by hand below because mockall cannot mock `signals`
+        // (it returns a reference borrowed from `self`).
+        fn create(&self, thread: Thread) -> Result<Committed>;
+        fn append(
+            &self,
+            id: &str,
+            changes: ChangeSet,
+            precondition: VersionPrecondition,
+        ) -> Result<Committed>;
+        fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>>;
+        fn save(&self, thread: Thread) -> Result<Committed>;
+        fn delete(&self, id: &str) -> Result<()>;
+    }
 
     #[async_trait]
     impl ThreadReader for Store {
@@ -21,19 +35,32 @@ mockall::mock! {
         async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage>;
         async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage>;
     }
+}
 
-    #[async_trait]
-    impl ThreadWriter for Store {
-        async fn create(&self, thread: Thread) -> Result<Committed>;
-        async fn append(
-            &self,
-            id: &str,
-            changes: ChangeSet,
-            precondition: VersionPrecondition,
-        ) -> Result<Committed>;
-        async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>>;
-        async fn save(&self, thread: Thread) -> Result<Committed>;
-        async fn delete(&self, id: &str) -> Result<()>;
+#[async_trait]
+impl ThreadWriter for MockStore {
+    async fn create(&self, thread: Thread) -> Result<Committed> {
+        MockStore::create(self, thread)
+    }
+    async fn append(
+        &self,
+        id: &str,
+        changes: ChangeSet,
+        precondition: VersionPrecondition,
+    ) -> Result<Committed> {
+        MockStore::append(self, id, changes, precondition)
+    }
+    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
+        MockStore::append_batch(self, requests)
+    }
+    async fn save(&self, thread: Thread) -> Result<Committed> {
+        MockStore::save(self, thread)
+    }
+    async fn delete(&self, id: &str) -> Result<()> {
+        MockStore::delete(self, id)
+    }
+    fn signals(&self) -> Option<&dyn task_store::ThreadSignals> {
+        None
     }
 }
 

@@ -52,6 +52,8 @@
 //!
 //! Clones of a `MemoryStore` share the same data.
 
+mod signals;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
@@ -72,6 +74,7 @@ use task_store::{
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    signals: Arc<signals::MemorySignals>,
 }
 
 impl MemoryStore {
@@ -418,6 +421,12 @@ impl ThreadWriter for MemoryStore {
         validate_id("thread id", id)?;
         self.lock().delete(id);
         Ok(())
+    }
+
+    /// In-process signals: every clone of this store (every manager that
+    /// shares it) sees them.
+    fn signals(&self) -> Option<&dyn task_store::ThreadSignals> {
+        Some(self.signals.as_ref())
     }
 }
 

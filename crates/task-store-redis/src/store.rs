@@ -43,6 +43,7 @@ pub struct RedisStore {
 
 struct Inner {
     conn: ConnectionManager,
+    signals: RedisSignals,
     keys: KeySpace,
     /// The URL without its password, for messages.
     target: String,
@@ -180,7 +181,7 @@ impl RedisStore {
             .set_number_of_retries(options.reconnect_retries)
             .set_min_delay(options.reconnect_max_delay.min(Duration::from_millis(50)))
             .set_max_delay(options.reconnect_max_delay);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|err| with_target(RedisFailure::general(err).into(), &target))?;
 
@@ -195,6 +196,11 @@ impl RedisStore {
             .unwrap_or(0);
         let store = Self {
             inner: Arc::new(Inner {
+                signals: RedisSignals {
+                    client,
+                    conn: conn.clone(),
+                    prefix: options.prefix.clone(),
+                },
                 conn,
                 keys: KeySpace::new(options.prefix.clone()),
                 target,
@@ -809,6 +815,12 @@ impl ThreadWriter for RedisStore {
         self.write_thread("save", &thread).await
     }
 
+    /// Redis pub/sub on `<prefix>:signal:<channel>`: a `PUBLISH` to signal,
+    /// a dedicated subscriber connection per watch.
+    fn signals(&self) -> Option<&dyn task_store::ThreadSignals> {
+        Some(&self.inner.signals)
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         validate_id("thread id", id)?;
         let keys = self.inner.keys.thread(id);
@@ -1183,5 +1195,76 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+}
+
+/// Wake-ups through Redis pub/sub (best effort, as the contract says: a
+/// message sent while a subscriber reconnects is lost).
+#[derive(Clone)]
+struct RedisSignals {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl fmt::Debug for RedisSignals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSignals")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSignals {
+    fn channel(&self, channel: &str) -> Result<String> {
+        validate_id("signal channel", channel)?;
+        Ok(format!("{}:signal:{channel}", self.prefix))
+    }
+}
+
+#[async_trait]
+impl task_store::ThreadSignals for RedisSignals {
+    async fn signal(&self, channel: &str) -> Result<()> {
+        let channel = self.channel(channel)?;
+        let mut conn = self.conn.clone();
+        let _receivers: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+        Ok(())
+    }
+
+    async fn watch(&self, channel: &str) -> Result<task_store::SignalReceiver> {
+        let channel = self.channel(channel)?;
+        let mut pubsub = self
+            .client
+            .get_async_pubsub()
+            .await
+            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+        pubsub
+            .subscribe(&channel)
+            .await
+            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+        Ok(task_store::SignalReceiver::new(Box::new(Subscription(
+            Box::pin(pubsub.into_on_message()),
+        ))))
+    }
+}
+
+/// The messages of one subscription; the stream ends when the connection does.
+struct Subscription(std::pin::Pin<Box<dyn futures_util::Stream<Item = redis::Msg> + Send>>);
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Subscription")
+    }
+}
+
+#[async_trait]
+impl task_store::SignalSource for Subscription {
+    async fn next(&mut self) -> Option<()> {
+        futures_util::StreamExt::next(&mut self.0).await.map(|_| ())
     }
 }

@@ -78,11 +78,13 @@
 
 mod error;
 mod id;
+mod signals;
 mod store;
 mod types;
 
 pub use error::{BoxError, Result, ThreadStoreError};
 pub use id::{MAX_ID_LEN, validate_id, validate_messages, validate_query, validate_thread};
+pub use signals::{SignalReceiver, SignalSource, ThreadSignals};
 pub use store::{ThreadReader, ThreadReaderExt, ThreadStore, ThreadWriter};
 pub use types::{
     AppendRequest, ChangeSet, Committed, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, Message, MessagePage,

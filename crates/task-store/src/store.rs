@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::{
     AppendRequest, ChangeSet, Committed, Message, MessagePage, MessageQuery, Result, Thread,
-    ThreadHead, ThreadPage, ThreadQuery, VersionPrecondition,
+    ThreadHead, ThreadPage, ThreadQuery, ThreadSignals, VersionPrecondition,
 };
 
 /// Reads threads. See the crate docs for the whole contract.
@@ -92,6 +92,10 @@ pub trait ThreadWriter: Send + Sync + Debug + 'static {
     ///
     /// `InvalidInput` for an invalid id; `Unavailable`/`Timeout`.
     async fn delete(&self, id: &str) -> Result<()>;
+
+    /// The store's wake-up signals between processes, if it has them
+    /// (`None` otherwise; callers then rely on polling alone).
+    fn signals(&self) -> Option<&dyn ThreadSignals>;
 }
 
 /// A full store: [`ThreadReader`] and [`ThreadWriter`]. Implemented for every
@@ -136,6 +140,9 @@ macro_rules! forward_store {
             }
             async fn delete(&self, id: &str) -> Result<()> {
                 (**self).delete(id).await
+            }
+            fn signals(&self) -> Option<&dyn ThreadSignals> {
+                (**self).signals()
             }
         }
     )*};

@@ -75,4 +75,8 @@ impl<S: ThreadStore> ThreadWriter for IgnoresPreconditions<S> {
     async fn delete(&self, id: &str) -> Result<()> {
         self.inner.delete(id).await
     }
+
+    fn signals(&self) -> Option<&dyn task_store::ThreadSignals> {
+        self.inner.signals()
+    }
 }

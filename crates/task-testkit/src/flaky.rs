@@ -673,6 +673,12 @@ impl ThreadWriter for FlakyStore {
     async fn delete(&self, id: &str) -> Result<()> {
         self.run(Operation::Delete, self.inner.delete(id)).await
     }
+
+    /// The inner store's signals, without faults: signals are best effort
+    /// by contract, so nothing may depend on them arriving anyway.
+    fn signals(&self) -> Option<&dyn task_store::ThreadSignals> {
+        self.inner.signals()
+    }
 }
 
 const _: () = {

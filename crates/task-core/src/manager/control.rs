@@ -81,8 +81,22 @@ async fn run(weak: Weak<Inner>, store: Arc<TaskStore>) {
         .map(|every| tokio::time::Instant::now() + every);
     let mut poll = tokio::time::interval(leases.poll_every);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A wake-up from a canceller makes the inbox be read at once instead of
+    // at the next poll; the poll stays, since signals may be lost.
+    let mut signals = watch_signals(&store, &thread_id).await;
     loop {
-        poll.tick().await;
+        if let Some(receiver) = &mut signals {
+            tokio::select! {
+                _ = poll.tick() => {}
+                received = receiver.recv() => {
+                    if received.is_none() {
+                        signals = None;
+                    }
+                }
+            }
+        } else {
+            poll.tick().await;
+        }
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -93,6 +107,10 @@ async fn run(weak: Weak<Inner>, store: Arc<TaskStore>) {
         if now >= next_renewal {
             renew(&inner, &store).await;
             next_renewal = now + leases.renew_every;
+            if signals.is_none() {
+                // The subscription was lost (or never made): try again.
+                signals = watch_signals(&store, &thread_id).await;
+            }
         }
         cursor = read_inbox(&inner, &store, &thread_id, cursor).await;
         if let (Some(at), Some(every)) = (next_recovery, leases.recover_every)
@@ -101,6 +119,27 @@ async fn run(weak: Weak<Inner>, store: Arc<TaskStore>) {
             report_recovery(&inner).await;
             next_recovery = Some(now + every);
         }
+    }
+}
+
+/// Watches this instance's signal channel, if the store has signals.
+async fn watch_signals(store: &TaskStore, channel: &str) -> Option<task_store::SignalReceiver> {
+    let signals = store.thread_store().signals()?;
+    match signals.watch(channel).await {
+        Ok(receiver) => Some(receiver),
+        Err(error) => {
+            tracing::debug!(%error, "cannot watch for wake-ups; polling the inbox only");
+            None
+        }
+    }
+}
+
+/// Wakes instance `holder`, so it reads its inbox now. Best effort.
+pub(crate) async fn wake(store: &TaskStore, holder: &str) {
+    if let Some(signals) = store.thread_store().signals()
+        && let Err(error) = signals.signal(&instance_thread(holder)).await
+    {
+        tracing::debug!(%error, holder, "wake-up not sent; the holder polls its inbox");
     }
 }
 

@@ -682,9 +682,13 @@ impl BackgroundTaskManager {
             )
             .await
         {
+            Ok(_) => {
+                control::wake(store, holder).await;
+                Ok(())
+            }
             // A holder that never renewed its lease has no inbox; recovery
             // will settle its tasks.
-            Ok(_) | Err(ThreadStoreError::NotFound { .. }) => Ok(()),
+            Err(ThreadStoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
