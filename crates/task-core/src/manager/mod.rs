@@ -384,7 +384,8 @@ impl BackgroundTaskManager {
             parent_task_id: None,
             metadata: Value::Null,
         };
-        self.spawn_inner(params, RunCancellationToken::new(), f)
+        self.spawn_with_id(params, RunCancellationToken::new(), f)
+            .await
     }
 
     /// Spawns a task with the caller's id, cancellation token, parent task and
@@ -401,19 +402,6 @@ impl BackgroundTaskManager {
     /// ids, an over-long description or metadata over
     /// [`MAX_METADATA_BYTES`](crate::MAX_METADATA_BYTES); `ShuttingDown`.
     pub async fn spawn_with_id<F, Fut>(
-        &self,
-        params: SpawnParams,
-        token: RunCancellationToken,
-        f: F,
-    ) -> Result<TaskId, TaskError>
-    where
-        F: FnOnce(TaskContext) -> Fut + Send + 'static,
-        Fut: Future<Output = TaskResult> + Send + 'static,
-    {
-        self.spawn_inner(params, token, f)
-    }
-
-    fn spawn_inner<F, Fut>(
         &self,
         params: SpawnParams,
         token: RunCancellationToken,
