@@ -5,7 +5,7 @@ use std::sync::Weak;
 use serde_json::Value;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use crate::manager::Inner;
+use crate::manager::{Inner, TaskSlot};
 use crate::{RunCancellationToken, TaskId};
 
 /// Handed to a task's closure: its identity, its cancellation, and a way to
@@ -19,9 +19,9 @@ use crate::{RunCancellationToken, TaskId};
 pub struct TaskContext {
     pub(crate) task_id: TaskId,
     pub(crate) owner: String,
-    pub(crate) epoch: u64,
     pub(crate) token: RunCancellationToken,
     pub(crate) inner: Weak<Inner>,
+    pub(crate) slot: Weak<TaskSlot>,
 }
 
 impl TaskContext {
@@ -56,8 +56,8 @@ impl TaskContext {
     /// a task store it is appended to the task's durable log, in order with
     /// its transitions. Ignored once the task has finished.
     pub fn emit(&self, value: Value) {
-        if let Some(inner) = self.inner.upgrade() {
-            inner.emit_output(&self.task_id, self.epoch, value);
+        if let (Some(inner), Some(slot)) = (self.inner.upgrade(), self.slot.upgrade()) {
+            inner.emit_output(&slot, value);
         }
     }
 }

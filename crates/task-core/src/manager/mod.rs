@@ -8,6 +8,7 @@ mod registry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use crate::{
 };
 
 use persist::{Backoff, Job, Outbox, Step};
+pub(crate) use registry::TaskSlot;
 use registry::{Entry, Registry};
 
 pub use recovery::RecoveryReport;
@@ -496,35 +498,23 @@ impl BackgroundTaskManager {
             return Err(TaskError::ShuttingDown);
         }
         let (attempt, pending_writes) = match reg.tasks.get(&task_id) {
-            Some(old) if old.summary.status == TaskStatus::Running => {
-                return Err(TaskError::AlreadyRunning { task_id });
+            Some(old) => {
+                let old = old.lock();
+                if old.summary.status == TaskStatus::Running {
+                    return Err(TaskError::AlreadyRunning { task_id });
+                }
+                (
+                    resumed_attempt.unwrap_or(old.summary.attempt + 1),
+                    old.pending_writes,
+                )
             }
-            Some(old) => (
-                resumed_attempt.unwrap_or(old.summary.attempt + 1),
-                old.pending_writes,
-            ),
             None => (resumed_attempt.unwrap_or(1), 0),
         };
         reg.remove(&task_id);
         let seq = reg.next_seq;
         reg.next_seq += 1;
-        let ctx = TaskContext {
-            task_id: task_id.clone(),
-            owner: owner.clone(),
-            epoch: seq,
-            token: token.clone(),
-            inner: Arc::downgrade(inner),
-        };
-        let handle = tokio::spawn(run_task(
-            Arc::downgrade(inner),
-            task_id.clone(),
-            seq,
-            token.clone(),
-            f,
-            ctx,
-        ));
-        let mut entry = Entry {
-            owner,
+        let owner_running = reg.owner_running(&owner);
+        let entry = Entry {
             summary: TaskSummary {
                 task_id: task_id.clone(),
                 task_type,
@@ -540,20 +530,22 @@ impl BackgroundTaskManager {
                 metadata,
                 persistence_error: None,
             },
-            seq,
-            token,
+            token: Some(token.clone()),
             cancel_requested: false,
             shutting_down: false,
             durable_attempt: resumed_attempt,
-            abort: Some(handle.abort_handle()),
+            abort: None,
             waiters: 0,
             notify: None,
-            pending_writes,
+            pending_writes: pending_writes + u32::from(start.is_some()),
             finished_at: None,
             output_seq: 0,
         };
+        inner.emit(&owner, &entry, TaskEventKind::Spawned);
+        let parent = entry.summary.parent_task_id.clone();
+        let slot = Arc::new(TaskSlot::new(owner, seq, owner_running, entry));
         if let (Some(outbox), Some(start)) = (&inner.outbox, start) {
-            entry.pending_writes += 1;
+            // Queued before the task can run, so before its finish.
             outbox.enqueue(
                 inner,
                 Job {
@@ -563,9 +555,27 @@ impl BackgroundTaskManager {
                 },
             );
         }
-        inner.emit(&entry, TaskEventKind::Spawned);
-        reg.insert(task_id.clone(), entry);
+        reg.insert(task_id.clone(), Arc::clone(&slot), parent.as_ref());
         drop(reg);
+
+        let ctx = TaskContext {
+            task_id: task_id.clone(),
+            owner: slot.owner.clone(),
+            token: token.clone(),
+            inner: Arc::downgrade(inner),
+            slot: Arc::downgrade(&slot),
+        };
+        let handle = tokio::spawn(run_task(
+            Arc::downgrade(inner),
+            Arc::clone(&slot),
+            token,
+            f,
+            ctx,
+        ));
+        let mut entry = slot.lock();
+        if entry.summary.status == TaskStatus::Running {
+            entry.abort = Some(handle.abort_handle());
+        }
         Ok(task_id)
     }
 
@@ -579,18 +589,16 @@ impl BackgroundTaskManager {
     /// task; `NotRunning` (`"Task '<id>' is not running (current status:
     /// <s>)"`) when it has finished.
     pub async fn cancel(&self, owner: &str, task_id: &str) -> Result<(), TaskError> {
-        {
-            let mut reg = self.inner.lock();
-            if let Some(entry) = reg.visible_mut(owner, task_id) {
-                if entry.summary.status != TaskStatus::Running {
-                    return Err(TaskError::NotRunning {
-                        task_id: task_id.to_owned(),
-                        status: entry.summary.status,
-                    });
-                }
-                request_cancel(&self.inner, entry);
-                return Ok(());
+        if let Some(slot) = self.slot(owner, task_id) {
+            let mut entry = slot.lock();
+            if entry.summary.status != TaskStatus::Running {
+                return Err(TaskError::NotRunning {
+                    task_id: task_id.to_owned(),
+                    status: entry.summary.status,
+                });
             }
+            request_cancel(&self.inner, &slot.owner, &mut entry);
+            return Ok(());
         }
         // Not here: with a store, it may run in another process.
         let record = self
@@ -698,19 +706,21 @@ impl BackgroundTaskManager {
         if self.task_store().is_some() {
             return self.cancel_tree_everywhere(owner, task_id).await;
         }
-        let mut reg = self.inner.lock();
+        let reg = self.inner.lock();
         let root_status = reg
             .visible(owner, task_id)
             .ok_or_else(|| TaskError::unknown(task_id))?
+            .lock()
             .summary
             .status;
         let mut cancelled = Vec::new();
         for id in reg.tree(owner, task_id) {
-            if let Some(entry) = reg.visible_mut(owner, &id)
-                && entry.summary.status == TaskStatus::Running
-            {
-                request_cancel(&self.inner, entry);
-                cancelled.push(entry.summary.clone());
+            if let Some(slot) = reg.visible(owner, &id) {
+                let mut entry = slot.lock();
+                if entry.summary.status == TaskStatus::Running {
+                    request_cancel(&self.inner, owner, &mut entry);
+                    cancelled.push(entry.summary.clone());
+                }
             }
         }
         drop(reg);
@@ -723,12 +733,14 @@ impl BackgroundTaskManager {
         Ok(cancelled)
     }
 
+    /// The slot of one of the owner's tasks.
+    fn slot(&self, owner: &str, task_id: &str) -> Option<Arc<TaskSlot>> {
+        self.inner.lock().visible(owner, task_id).cloned()
+    }
+
     /// The summary of one of the owner's tasks.
     pub async fn get(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
-        self.inner
-            .lock()
-            .visible(owner, task_id)
-            .map(|e| e.summary.clone())
+        Some(self.slot(owner, task_id)?.lock().summary.clone())
     }
 
     /// Waits until one of the owner's tasks is no longer running (terminal or
@@ -736,39 +748,24 @@ impl BackgroundTaskManager {
     /// task. Waiting never polls, and a task being waited on is never
     /// collected by retention or `gc_terminal`.
     pub async fn wait(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
-        let (notify, guard) = {
-            let mut reg = self.inner.lock();
-            let entry = reg.visible_mut(owner, task_id)?;
+        let slot = self.slot(owner, task_id)?;
+        let (notify, _guard) = {
+            let mut entry = slot.lock();
             if entry.summary.status.is_finished() {
                 return Some(entry.summary.clone());
             }
             entry.waiters += 1;
             let notify = Arc::clone(entry.notify.get_or_insert_with(Default::default));
-            let guard = WaiterGuard {
-                inner: Arc::clone(&self.inner),
-                task_id: task_id.to_owned(),
-                epoch: entry.seq,
-            };
-            (notify, guard)
+            (notify, WaiterGuard(Arc::clone(&slot)))
         };
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let reg = self.inner.lock();
-                match reg.tasks.get(task_id) {
-                    Some(e) if e.seq == guard.epoch => {
-                        if e.summary.status.is_finished() {
-                            return Some(e.summary.clone());
-                        }
-                    }
-                    // Collected or re-spawned meanwhile: report what is there.
-                    other => {
-                        return other
-                            .filter(|e| e.owner == owner)
-                            .map(|e| e.summary.clone());
-                    }
+                let entry = slot.lock();
+                if entry.summary.status.is_finished() {
+                    return Some(entry.summary.clone());
                 }
             }
             notified.await;
@@ -796,16 +793,11 @@ impl BackgroundTaskManager {
     fn list_filtered(&self, owner: &str, keep: impl Fn(&TaskSummary) -> bool) -> Vec<TaskSummary> {
         let mut reg = self.inner.lock();
         self.inner.enforce_retention(&mut reg, owner);
-        let Some(index) = reg.owners.get(owner) else {
-            return Vec::new();
-        };
-        index
-            .order
-            .values()
-            .filter_map(|id| reg.tasks.get(id))
-            .map(|e| &e.summary)
-            .filter(|s| keep(s))
-            .cloned()
+        reg.owner_slots(owner)
+            .filter_map(|slot| {
+                let entry = slot.lock();
+                keep(&entry.summary).then(|| entry.summary.clone())
+            })
             .collect()
     }
 
@@ -815,7 +807,7 @@ impl BackgroundTaskManager {
             .lock()
             .owners
             .get(owner)
-            .is_some_and(|o| o.running > 0)
+            .is_some_and(|o| o.running.load(Ordering::Acquire) > 0)
     }
 
     /// Drops the owner's terminal tasks whose writes are resolved and that
@@ -823,7 +815,7 @@ impl BackgroundTaskManager {
     pub async fn gc_terminal(&self, owner: &str) -> usize {
         let mut reg = self.inner.lock();
         let ids = reg.collectable(owner);
-        for id in &ids {
+        for (id, _) in &ids {
             reg.remove(id);
         }
         ids.len()
@@ -854,22 +846,25 @@ impl BackgroundTaskManager {
         if status == TaskStatus::Running {
             return false;
         }
-        let inner = &self.inner;
-        let mut reg = inner.lock();
-        let Some(entry) = reg.tasks.get_mut(task_id) else {
+        let Some(slot) = self.inner.slot_of(task_id) else {
             return false;
         };
-        let was = entry.summary.status;
-        if was.is_terminal() || was == status {
-            return false;
+        {
+            let mut entry = slot.lock();
+            let was = entry.summary.status;
+            if was.is_terminal() || was == status {
+                return false;
+            }
+            if let Some(token) = &entry.token {
+                token.cancel();
+            }
+            self.inner
+                .settle(&slot.owner, slot.seq, &mut entry, status, None, error);
+            if was == TaskStatus::Running {
+                slot.stopped_running();
+            }
         }
-        let owner = entry.owner.clone();
-        inner.settle(entry, status, None, error);
-        entry.token.cancel();
-        if was == TaskStatus::Running {
-            reg.mark_not_running(&owner);
-        }
-        inner.enforce_retention(&mut reg, &owner);
+        self.inner.after_finish(&slot.owner);
         true
     }
 
@@ -895,9 +890,9 @@ impl BackgroundTaskManager {
             .map(|r| (r.task_id.clone(), r))
             .collect();
         let (root_status, mut cancelled, remote) = {
-            let mut reg = self.inner.lock();
+            let reg = self.inner.lock();
             let root_status = match (reg.visible(owner, task_id), records.get(task_id)) {
-                (Some(e), _) => e.summary.status,
+                (Some(slot), _) => slot.lock().summary.status,
                 (None, Some(r)) => r.status,
                 (None, None) => return Err(TaskError::unknown(task_id)),
             };
@@ -922,9 +917,10 @@ impl BackgroundTaskManager {
                 if let Some(kids) = children.get(id) {
                     queue.extend(kids.iter().copied());
                 }
-                if let Some(entry) = reg.visible_mut(owner, id) {
+                if let Some(slot) = reg.visible(owner, id) {
+                    let mut entry = slot.lock();
                     if entry.summary.status == TaskStatus::Running {
-                        request_cancel(&self.inner, entry);
+                        request_cancel(&self.inner, owner, &mut entry);
                         cancelled.push(entry.summary.clone());
                     }
                 } else if let Some(r) = records.get(id)
@@ -1097,39 +1093,38 @@ impl BackgroundTaskManager {
     /// after seeing the request end `stopped` or `failed` (interrupted), not
     /// `cancelled`.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
-        let running: Vec<(String, TaskId)> = {
+        let slots: Vec<Arc<TaskSlot>> = {
             let mut reg = self.inner.lock();
             reg.closed = true;
-            let mut running = Vec::new();
-            for entry in reg.tasks.values_mut() {
-                if entry.summary.status == TaskStatus::Running {
-                    entry.shutting_down = true;
-                    entry.token.cancel();
-                    running.push((entry.owner.clone(), entry.summary.task_id.clone()));
-                }
-            }
-            running
+            reg.tasks.values().cloned().collect()
         };
-        let waits = running.iter().map(|(owner, id)| self.wait(owner, id));
+        let mut running = Vec::new();
+        for slot in slots {
+            let mut entry = slot.lock();
+            if entry.summary.status == TaskStatus::Running {
+                entry.shutting_down = true;
+                if let Some(token) = &entry.token {
+                    token.cancel();
+                }
+                running.push((entry.summary.task_id.clone(), Arc::clone(&slot)));
+            }
+        }
+        let waits = running.iter().map(|(id, slot)| self.wait(&slot.owner, id));
         let _ = tokio::time::timeout(grace, futures::future::join_all(waits)).await;
         let mut report = ShutdownReport::default();
-        {
-            let mut reg = self.inner.lock();
-            for (owner, id) in &running {
-                let Some(entry) = reg.tasks.get_mut(id) else {
-                    continue;
-                };
-                if entry.summary.status == TaskStatus::Running {
-                    if let Some(abort) = entry.abort.take() {
-                        abort.abort();
-                    }
-                    let (status, result, error) = interrupted(entry.summary.supports_resume);
-                    self.inner.settle(entry, status, result, error);
-                    reg.mark_not_running(owner);
-                    report.interrupted.push(id.clone());
-                } else {
-                    report.finished.push(id.clone());
+        for (id, slot) in &running {
+            let mut entry = slot.lock();
+            if entry.summary.status == TaskStatus::Running {
+                if let Some(abort) = entry.abort.take() {
+                    abort.abort();
                 }
+                let (status, result, error) = interrupted(entry.summary.supports_resume);
+                self.inner
+                    .settle(&slot.owner, slot.seq, &mut entry, status, result, error);
+                slot.stopped_running();
+                report.interrupted.push(id.clone());
+            } else {
+                report.finished.push(id.clone());
             }
         }
         self.flush().await;
@@ -1197,30 +1192,24 @@ fn resume_launch(owner: &str, s: &TaskSummary, attempt: u32) -> Launch {
     }
 }
 
-/// Decrements an entry's waiter count when a `wait` ends, even by drop.
-struct WaiterGuard {
-    inner: Arc<Inner>,
-    task_id: TaskId,
-    epoch: u64,
-}
+/// Decrements a task's waiter count when a `wait` ends, even by drop.
+struct WaiterGuard(Arc<TaskSlot>);
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
-        let mut reg = self.inner.lock();
-        if let Some(e) = reg.tasks.get_mut(&self.task_id)
-            && e.seq == self.epoch
-        {
-            e.waiters = e.waiters.saturating_sub(1);
-        }
+        let mut entry = self.0.lock();
+        entry.waiters = entry.waiters.saturating_sub(1);
     }
 }
 
-/// Marks a running entry's cancellation requested and cancels its token.
-fn request_cancel(inner: &Inner, entry: &mut Entry) {
+/// Marks a running task's cancellation requested and cancels its token.
+fn request_cancel(inner: &Inner, owner: &str, entry: &mut Entry) {
     if !entry.cancel_requested {
         entry.cancel_requested = true;
-        entry.token.cancel();
-        inner.emit(entry, TaskEventKind::CancelRequested);
+        if let Some(token) = &entry.token {
+            token.cancel();
+        }
+        inner.emit(owner, entry, TaskEventKind::CancelRequested);
     }
 }
 
@@ -1231,8 +1220,7 @@ fn request_cancel(inner: &Inner, entry: &mut Entry) {
 /// as if the process had died; recovery settles their durable records.
 async fn run_task<F, Fut>(
     inner: Weak<Inner>,
-    task_id: TaskId,
-    epoch: u64,
+    slot: Arc<TaskSlot>,
     token: RunCancellationToken,
     f: F,
     ctx: TaskContext,
@@ -1256,7 +1244,7 @@ async fn run_task<F, Fut>(
         } => Ended::Abandoned,
     };
     if let Some(inner) = inner.upgrade() {
-        inner.finish(&task_id, epoch, ended);
+        inner.finish(&slot, ended);
     }
 }
 
@@ -1268,8 +1256,8 @@ impl Drop for Inner {
             .registry
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        for entry in reg.tasks.values_mut() {
-            if let Some(abort) = entry.abort.take() {
+        for slot in reg.tasks.values() {
+            if let Some(abort) = slot.lock().abort.take() {
                 abort.abort();
             }
         }
@@ -1305,13 +1293,14 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends an event about `entry` if anybody listens. Called under the
-    /// registry lock, so events are sent in the order the changes happened.
-    fn emit(&self, entry: &Entry, kind: TaskEventKind) {
+    /// Sends an event about a task if anybody listens. Called under the
+    /// task's lock, so a task's events are sent in the order its changes
+    /// happened.
+    fn emit(&self, owner: &str, entry: &Entry, kind: TaskEventKind) {
         if self.events.receiver_count() > 0 {
             // A send fails only when every receiver is gone: nobody to tell.
             let _ = self.events.send(TaskEvent {
-                owner_thread_id: entry.owner.clone(),
+                owner_thread_id: owner.to_owned(),
                 task_id: entry.summary.task_id.clone(),
                 attempt: entry.summary.attempt,
                 kind,
@@ -1327,75 +1316,95 @@ impl Inner {
         }
     }
 
+    /// The current slot of a task id, whoever owns it.
+    fn slot_of(&self, task_id: &str) -> Option<Arc<TaskSlot>> {
+        self.lock().tasks.get(task_id).cloned()
+    }
+
     /// A cancellation requested by another process for `attempt` of a task
     /// this instance runs.
     pub(crate) fn cancel_from_inbox(&self, task_id: &str, attempt: u32) {
-        let mut reg = self.lock();
-        if let Some(entry) = reg.tasks.get_mut(task_id)
-            && entry.summary.status == TaskStatus::Running
-            && entry.summary.attempt == attempt
-        {
-            request_cancel(self, entry);
+        if let Some(slot) = self.slot_of(task_id) {
+            let mut entry = slot.lock();
+            if entry.summary.status == TaskStatus::Running && entry.summary.attempt == attempt {
+                request_cancel(self, &slot.owner, &mut entry);
+            }
         }
     }
 
     /// Whether this instance runs `attempt` of the task right now.
     pub(crate) fn runs(&self, task_id: &str, attempt: u32) -> bool {
-        self.lock().tasks.get(task_id).is_some_and(|e| {
-            e.summary.status == TaskStatus::Running && e.summary.attempt == attempt
+        self.slot_of(task_id).is_some_and(|slot| {
+            let entry = slot.lock();
+            entry.summary.status == TaskStatus::Running && entry.summary.attempt == attempt
         })
     }
 
-    /// Records the end of epoch `epoch` of a task. Late reports of an older
-    /// epoch, and reports after an outside `update_status`, are ignored.
-    fn finish(self: &Arc<Self>, task_id: &str, epoch: u64, ended: Ended) {
-        let mut reg = self.lock();
-        let Some(entry) = reg.tasks.get_mut(task_id) else {
-            return;
-        };
-        if entry.seq != epoch || entry.summary.status != TaskStatus::Running {
-            return;
+    /// Records the end of a task's epoch (its slot). Reports after an outside
+    /// `update_status` are ignored; so are those of an older epoch, whose
+    /// slot is no longer registered and has already finished.
+    fn finish(self: &Arc<Self>, slot: &TaskSlot, ended: Ended) {
+        {
+            let mut entry = slot.lock();
+            if entry.summary.status != TaskStatus::Running {
+                return;
+            }
+            let cancelled = entry.cancel_requested
+                || entry
+                    .token
+                    .as_ref()
+                    .is_some_and(RunCancellationToken::is_cancelled);
+            let (status, result, error) = match ended {
+                // A shutdown interrupts; what the task finished on its own stands.
+                Ended::Returned(TaskResult::Success(v)) if entry.shutting_down => {
+                    (TaskStatus::Completed, Some(v), None)
+                }
+                Ended::Returned(TaskResult::Failed(e)) if entry.shutting_down => {
+                    (TaskStatus::Failed, None, Some(e))
+                }
+                _ if entry.shutting_down => interrupted(entry.summary.supports_resume),
+                Ended::Abandoned => (
+                    TaskStatus::Cancelled,
+                    None,
+                    Some(format!(
+                        "did not stop within the cancel grace of {:?}; dropped",
+                        self.cancel_grace
+                    )),
+                ),
+                _ if cancelled => (TaskStatus::Cancelled, None, None),
+                Ended::Returned(TaskResult::Success(v)) => (TaskStatus::Completed, Some(v), None),
+                Ended::Returned(TaskResult::Failed(e)) => (TaskStatus::Failed, None, Some(e)),
+                Ended::Returned(TaskResult::Cancelled) => (TaskStatus::Cancelled, None, None),
+                Ended::Returned(TaskResult::Stopped) => (TaskStatus::Stopped, None, None),
+                Ended::Panicked(message) => (
+                    TaskStatus::Failed,
+                    None,
+                    Some(format!("task panicked: {message}")),
+                ),
+            };
+            entry.abort = None;
+            self.settle(&slot.owner, slot.seq, &mut entry, status, result, error);
+            slot.stopped_running();
         }
-        let cancelled = entry.cancel_requested || entry.token.is_cancelled();
-        let (status, result, error) = match ended {
-            // A shutdown interrupts; what the task finished on its own stands.
-            Ended::Returned(TaskResult::Success(v)) if entry.shutting_down => {
-                (TaskStatus::Completed, Some(v), None)
-            }
-            Ended::Returned(TaskResult::Failed(e)) if entry.shutting_down => {
-                (TaskStatus::Failed, None, Some(e))
-            }
-            _ if entry.shutting_down => interrupted(entry.summary.supports_resume),
-            Ended::Abandoned => (
-                TaskStatus::Cancelled,
-                None,
-                Some(format!(
-                    "did not stop within the cancel grace of {:?}; dropped",
-                    self.cancel_grace
-                )),
-            ),
-            _ if cancelled => (TaskStatus::Cancelled, None, None),
-            Ended::Returned(TaskResult::Success(v)) => (TaskStatus::Completed, Some(v), None),
-            Ended::Returned(TaskResult::Failed(e)) => (TaskStatus::Failed, None, Some(e)),
-            Ended::Returned(TaskResult::Cancelled) => (TaskStatus::Cancelled, None, None),
-            Ended::Returned(TaskResult::Stopped) => (TaskStatus::Stopped, None, None),
-            Ended::Panicked(message) => (
-                TaskStatus::Failed,
-                None,
-                Some(format!("task panicked: {message}")),
-            ),
-        };
-        entry.abort = None;
-        let owner = entry.owner.clone();
-        self.settle(entry, status, result, error);
-        reg.mark_not_running(&owner);
-        self.enforce_retention(&mut reg, &owner);
+        self.after_finish(&slot.owner);
+    }
+
+    /// Applies the retention policy to an owner after one of its tasks
+    /// finished or became durable. Takes the registry lock only when a
+    /// policy is set.
+    fn after_finish(&self, owner: &str) {
+        if self.retention.is_active() {
+            let mut reg = self.lock();
+            self.enforce_retention(&mut reg, owner);
+        }
     }
 
     /// Writes a finished outcome into an entry, wakes its waiters and queues
     /// the durable write. The caller fixes the owner's running count.
     fn settle(
         self: &Arc<Self>,
+        owner: &str,
+        epoch: u64,
         entry: &mut Entry,
         status: TaskStatus,
         result: Option<Value>,
@@ -1408,6 +1417,7 @@ impl Inner {
         entry.summary.error = error;
         entry.summary.completed_at_ms = Some(at_ms);
         entry.finished_at = Some(Instant::now());
+        entry.token = None;
         if let Some(notify) = &entry.notify {
             notify.notify_waiters();
         }
@@ -1417,7 +1427,7 @@ impl Inner {
                 self,
                 Job {
                     task_id: entry.summary.task_id.clone(),
-                    epoch: entry.seq,
+                    epoch,
                     step: Step::Finish {
                         attempt: entry.durable_attempt,
                         holder: was_running.then(|| self.instance_id.clone()),
@@ -1429,20 +1439,17 @@ impl Inner {
                 },
             );
         }
-        self.emit(entry, TaskEventKind::Finished { status });
+        self.emit(owner, entry, TaskEventKind::Finished { status });
     }
 
     /// Output reported by a running task.
-    pub(crate) fn emit_output(self: &Arc<Self>, task_id: &str, epoch: u64, value: Value) {
-        let mut reg = self.lock();
-        let Some(entry) = reg.tasks.get_mut(task_id) else {
-            return;
-        };
-        if entry.seq != epoch || entry.summary.status != TaskStatus::Running {
+    pub(crate) fn emit_output(self: &Arc<Self>, slot: &TaskSlot, value: Value) {
+        let mut entry = slot.lock();
+        if entry.summary.status != TaskStatus::Running {
             return;
         }
         if self.events.receiver_count() > 0 {
-            self.emit(entry, TaskEventKind::Output(value.clone()));
+            self.emit(&slot.owner, &entry, TaskEventKind::Output(value.clone()));
         }
         if let Some(outbox) = &self.outbox {
             entry.output_seq += 1;
@@ -1450,8 +1457,8 @@ impl Inner {
             outbox.enqueue(
                 self,
                 Job {
-                    task_id: task_id.to_owned(),
-                    epoch,
+                    task_id: entry.summary.task_id.clone(),
+                    epoch: slot.seq,
                     step: Step::Output {
                         attempt: entry.durable_attempt,
                         seq: entry.output_seq,
@@ -1473,32 +1480,33 @@ impl Inner {
         error: Option<(String, bool)>,
         drained: bool,
     ) {
-        let mut reg = self.lock();
-        let Some(entry) = reg.tasks.get_mut(task_id) else {
+        let Some(slot) = self.slot_of(task_id) else {
             return;
         };
-        let resolved = u32::try_from(resolved).unwrap_or(u32::MAX);
-        entry.pending_writes = entry.pending_writes.saturating_sub(resolved);
-        if entry.seq != epoch {
-            return;
-        }
-        if let Some(attempt) = attempt {
-            entry.summary.attempt = attempt;
-        }
-        let kind = match error {
-            Some((error, permanent)) => {
-                entry.summary.persistence_error = Some(error.clone());
-                TaskEventKind::PersistenceFailed { error, permanent }
+        {
+            let mut entry = slot.lock();
+            let resolved = u32::try_from(resolved).unwrap_or(u32::MAX);
+            entry.pending_writes = entry.pending_writes.saturating_sub(resolved);
+            if slot.seq != epoch {
+                return;
             }
-            None if drained => {
-                entry.summary.persistence_error = None;
-                TaskEventKind::Persisted
+            if let Some(attempt) = attempt {
+                entry.summary.attempt = attempt;
             }
-            None => return,
-        };
-        let owner = entry.owner.clone();
-        self.emit(entry, kind);
-        self.enforce_retention(&mut reg, &owner);
+            let kind = match error {
+                Some((error, permanent)) => {
+                    entry.summary.persistence_error = Some(error.clone());
+                    TaskEventKind::PersistenceFailed { error, permanent }
+                }
+                None if drained => {
+                    entry.summary.persistence_error = None;
+                    TaskEventKind::Persisted
+                }
+                None => return,
+            };
+            self.emit(&slot.owner, &entry, kind);
+        }
+        self.after_finish(&slot.owner);
     }
 
     /// Drops the owner's terminal tasks that the retention policy no longer
@@ -1511,11 +1519,11 @@ impl Inner {
         let collectable = reg.collectable(owner);
         let mut keep = collectable.len();
         let max_keep = self.retention.max_terminal_per_owner.unwrap_or(usize::MAX);
-        for id in collectable {
-            let expired = match (self.retention.max_age, reg.tasks.get(&id)) {
-                (Some(age), Some(e)) => e.finished_at.is_some_and(|t| now - t >= age),
-                _ => false,
-            };
+        for (id, finished_at) in collectable {
+            let expired = self
+                .retention
+                .max_age
+                .is_some_and(|age| finished_at.is_some_and(|t| now - t >= age));
             if expired || keep > max_keep {
                 reg.remove(&id);
                 keep -= 1;

@@ -1,8 +1,18 @@
 //! The live registry of one manager: tasks by id, and per-owner indexes so
 //! every owner-scoped operation costs what that owner has.
+//!
+//! # Locking
+//!
+//! Two levels: the registry lock guards the maps (which tasks exist, in
+//! which order, with which parents); each task's [`TaskSlot`] has its own
+//! lock over its mutable state. A task's own transitions (finish, output,
+//! outbox reports) take only its slot lock, so running tasks never contend on
+//! the registry. Whoever needs both takes the registry lock first; code
+//! holding a slot lock never takes the registry lock.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -10,15 +20,52 @@ use tokio::time::Instant;
 
 use crate::{RunCancellationToken, TaskId, TaskStatus, TaskSummary};
 
-/// One live task.
+/// One epoch of one task: its immutable identity and its locked state.
+#[derive(Debug)]
+pub(crate) struct TaskSlot {
+    pub(crate) owner: String,
+    /// Unique per spawn: the epoch of this slot and its place in the owner's
+    /// creation order.
+    pub(crate) seq: u64,
+    /// The owner's running count, decremented when this task stops running.
+    pub(crate) owner_running: Arc<AtomicUsize>,
+    state: Mutex<Entry>,
+}
+
+impl TaskSlot {
+    pub(crate) fn new(
+        owner: String,
+        seq: u64,
+        owner_running: Arc<AtomicUsize>,
+        entry: Entry,
+    ) -> Self {
+        Self {
+            owner,
+            seq,
+            owner_running,
+            state: Mutex::new(entry),
+        }
+    }
+
+    /// Locks the task's state. Every change is complete at each unlock, so
+    /// a poisoned lock is still consistent and is recovered.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Entry> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that the task stopped running (once: callers check the status
+    /// they changed from).
+    pub(crate) fn stopped_running(&self) {
+        self.owner_running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The mutable state of one task.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) owner: String,
     pub(crate) summary: TaskSummary,
-    /// Unique per spawn: the epoch of this entry and its place in the
-    /// owner's creation order.
-    pub(crate) seq: u64,
-    pub(crate) token: RunCancellationToken,
+    /// Dropped once the task has finished: nothing cancels it any more.
+    pub(crate) token: Option<RunCancellationToken>,
     pub(crate) cancel_requested: bool,
     /// Interrupted by `shutdown`, not cancelled by a caller.
     pub(crate) shutting_down: bool,
@@ -26,7 +73,7 @@ pub(crate) struct Entry {
     /// (a resumed task).
     pub(crate) durable_attempt: Option<u32>,
     pub(crate) abort: Option<AbortHandle>,
-    /// Callers inside `wait` for this epoch: the entry is never collected
+    /// Callers inside `wait` for this epoch: the task is never collected
     /// while there are any.
     pub(crate) waiters: u32,
     pub(crate) notify: Option<Arc<Notify>>,
@@ -50,7 +97,7 @@ pub(crate) struct OwnerTasks {
     /// Task ids in creation order.
     pub(crate) order: BTreeMap<u64, TaskId>,
     /// How many are running.
-    pub(crate) running: usize,
+    pub(crate) running: Arc<AtomicUsize>,
     /// Children by parent task id, for `cancel_tree`.
     pub(crate) children: HashMap<TaskId, Vec<TaskId>>,
 }
@@ -58,50 +105,63 @@ pub(crate) struct OwnerTasks {
 /// Every live task of a manager.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    pub(crate) tasks: HashMap<TaskId, Entry>,
+    pub(crate) tasks: HashMap<TaskId, Arc<TaskSlot>>,
     pub(crate) owners: HashMap<String, OwnerTasks>,
     pub(crate) next_seq: u64,
     pub(crate) closed: bool,
 }
 
 impl Registry {
-    /// The entry of `id` if `owner` owns it: another owner's task is
+    /// The slot of `id` if `owner` owns it: another owner's task is
     /// indistinguishable from an unknown one.
-    pub(crate) fn visible(&self, owner: &str, id: &str) -> Option<&Entry> {
-        self.tasks.get(id).filter(|e| e.owner == owner)
+    pub(crate) fn visible(&self, owner: &str, id: &str) -> Option<&Arc<TaskSlot>> {
+        self.tasks.get(id).filter(|s| s.owner == owner)
     }
 
-    /// As [`visible`](Self::visible), mutably.
-    pub(crate) fn visible_mut(&mut self, owner: &str, id: &str) -> Option<&mut Entry> {
-        self.tasks.get_mut(id).filter(|e| e.owner == owner)
-    }
-
-    /// Inserts a new entry and indexes it.
-    pub(crate) fn insert(&mut self, id: TaskId, entry: Entry) {
-        let owner = self.owners.entry(entry.owner.clone()).or_default();
-        owner.order.insert(entry.seq, id.clone());
-        if entry.summary.status == TaskStatus::Running {
-            owner.running += 1;
+    /// The running counter of `owner`, created with its index if needed.
+    pub(crate) fn owner_running(&mut self, owner: &str) -> Arc<AtomicUsize> {
+        match self.owners.get(owner) {
+            Some(o) => Arc::clone(&o.running),
+            None => {
+                let index = OwnerTasks::default();
+                let running = Arc::clone(&index.running);
+                self.owners.insert(owner.to_owned(), index);
+                running
+            }
         }
-        if let Some(parent) = &entry.summary.parent_task_id {
+    }
+
+    /// Inserts a new, running task and indexes it.
+    pub(crate) fn insert(&mut self, id: TaskId, slot: Arc<TaskSlot>, parent: Option<&TaskId>) {
+        let owner = self.owners.entry(slot.owner.clone()).or_default();
+        owner.order.insert(slot.seq, id.clone());
+        owner.running.fetch_add(1, Ordering::AcqRel);
+        if let Some(parent) = parent {
             owner
                 .children
                 .entry(parent.clone())
                 .or_default()
                 .push(id.clone());
         }
-        self.tasks.insert(id, entry);
+        self.tasks.insert(id, slot);
     }
 
-    /// Removes an entry and its index entries.
-    pub(crate) fn remove(&mut self, id: &str) -> Option<Entry> {
-        let entry = self.tasks.remove(id)?;
-        if let Some(owner) = self.owners.get_mut(&entry.owner) {
-            owner.order.remove(&entry.seq);
-            if entry.summary.status == TaskStatus::Running {
-                owner.running -= 1;
+    /// Removes a task and its index entries.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<TaskSlot>> {
+        let slot = self.tasks.remove(id)?;
+        let (running, parent) = {
+            let entry = slot.lock();
+            (
+                entry.summary.status == TaskStatus::Running,
+                entry.summary.parent_task_id.clone(),
+            )
+        };
+        if let Some(owner) = self.owners.get_mut(&slot.owner) {
+            owner.order.remove(&slot.seq);
+            if running {
+                slot.stopped_running();
             }
-            if let Some(parent) = &entry.summary.parent_task_id
+            if let Some(parent) = &parent
                 && let Some(siblings) = owner.children.get_mut(parent)
             {
                 siblings.retain(|c| c != id);
@@ -110,17 +170,10 @@ impl Registry {
                 }
             }
             if owner.order.is_empty() {
-                self.owners.remove(&entry.owner);
+                self.owners.remove(&slot.owner);
             }
         }
-        Some(entry)
-    }
-
-    /// Records that a running entry of `owner` stopped running.
-    pub(crate) fn mark_not_running(&mut self, owner: &str) {
-        if let Some(o) = self.owners.get_mut(owner) {
-            o.running -= 1;
-        }
+        Some(slot)
     }
 
     /// Every task of `owner` reachable from `root` through parent links,
@@ -145,14 +198,28 @@ impl Registry {
         out
     }
 
-    /// The collectable task ids of `owner` in creation order.
-    pub(crate) fn collectable(&self, owner: &str) -> Vec<TaskId> {
-        self.owners.get(owner).map_or_else(Vec::new, |o| {
-            o.order
-                .values()
-                .filter(|id| self.tasks.get(*id).is_some_and(Entry::is_collectable))
-                .cloned()
-                .collect()
-        })
+    /// The owner's slots in creation order.
+    pub(crate) fn owner_slots<'a>(
+        &'a self,
+        owner: &str,
+    ) -> impl Iterator<Item = &'a Arc<TaskSlot>> {
+        self.owners
+            .get(owner)
+            .into_iter()
+            .flat_map(|o| o.order.values())
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The collectable task ids of `owner` in creation order, with when each
+    /// finished.
+    pub(crate) fn collectable(&self, owner: &str) -> Vec<(TaskId, Option<Instant>)> {
+        self.owner_slots(owner)
+            .filter_map(|slot| {
+                let entry = slot.lock();
+                entry
+                    .is_collectable()
+                    .then(|| (entry.summary.task_id.clone(), entry.finished_at))
+            })
+            .collect()
     }
 }
