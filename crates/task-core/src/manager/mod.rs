@@ -515,6 +515,7 @@ impl BackgroundTaskManager {
         reg.next_seq += 1;
         let owner_running = reg.owner_running(&owner);
         let entry = Entry {
+            metadata: Entry::encode_metadata(&metadata),
             summary: TaskSummary {
                 task_id: task_id.clone(),
                 task_type,
@@ -527,7 +528,7 @@ impl BackgroundTaskManager {
                 parent_task_id,
                 supports_resume,
                 attempt,
-                metadata,
+                metadata: Value::Null,
                 persistence_error: None,
             },
             token: Some(token.clone()),
@@ -719,7 +720,7 @@ impl BackgroundTaskManager {
                 let mut entry = slot.lock();
                 if entry.summary.status == TaskStatus::Running {
                     request_cancel(&self.inner, owner, &mut entry);
-                    cancelled.push(entry.summary.clone());
+                    cancelled.push(entry.summary());
                 }
             }
         }
@@ -740,7 +741,7 @@ impl BackgroundTaskManager {
 
     /// The summary of one of the owner's tasks.
     pub async fn get(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
-        Some(self.slot(owner, task_id)?.lock().summary.clone())
+        Some(self.slot(owner, task_id)?.lock().summary())
     }
 
     /// Waits until one of the owner's tasks is no longer running (terminal or
@@ -752,7 +753,7 @@ impl BackgroundTaskManager {
         let (notify, _guard) = {
             let mut entry = slot.lock();
             if entry.summary.status.is_finished() {
-                return Some(entry.summary.clone());
+                return Some(entry.summary());
             }
             entry.waiters += 1;
             let notify = Arc::clone(entry.notify.get_or_insert_with(Default::default));
@@ -765,7 +766,7 @@ impl BackgroundTaskManager {
             {
                 let entry = slot.lock();
                 if entry.summary.status.is_finished() {
-                    return Some(entry.summary.clone());
+                    return Some(entry.summary());
                 }
             }
             notified.await;
@@ -796,7 +797,7 @@ impl BackgroundTaskManager {
         reg.owner_slots(owner)
             .filter_map(|slot| {
                 let entry = slot.lock();
-                keep(&entry.summary).then(|| entry.summary.clone())
+                keep(&entry.summary).then(|| entry.summary())
             })
             .collect()
     }
@@ -921,7 +922,7 @@ impl BackgroundTaskManager {
                     let mut entry = slot.lock();
                     if entry.summary.status == TaskStatus::Running {
                         request_cancel(&self.inner, owner, &mut entry);
-                        cancelled.push(entry.summary.clone());
+                        cancelled.push(entry.summary());
                     }
                 } else if let Some(r) = records.get(id)
                     && r.status == TaskStatus::Running

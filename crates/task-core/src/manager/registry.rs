@@ -63,7 +63,12 @@ impl TaskSlot {
 /// The mutable state of one task.
 #[derive(Debug)]
 pub(crate) struct Entry {
+    /// The summary, except `metadata`, which is kept as JSON text (below)
+    /// and restored by [`Entry::summary`]: a small JSON object as a `Value`
+    /// costs several hundred bytes, as text a few dozen.
     pub(crate) summary: TaskSummary,
+    /// The task's metadata as JSON text; `None` for `null`.
+    pub(crate) metadata: Option<Box<str>>,
     /// Dropped once the task has finished: nothing cancels it any more.
     pub(crate) token: Option<RunCancellationToken>,
     pub(crate) cancel_requested: bool,
@@ -84,6 +89,24 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The task's summary, with its metadata.
+    pub(crate) fn summary(&self) -> TaskSummary {
+        let mut summary = self.summary.clone();
+        if let Some(text) = &self.metadata {
+            // Written by `encode_metadata`, so it parses.
+            summary.metadata = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        }
+        summary
+    }
+
+    /// The compact form of a task's metadata.
+    pub(crate) fn encode_metadata(metadata: &serde_json::Value) -> Option<Box<str>> {
+        if metadata.is_null() {
+            return None;
+        }
+        serde_json::to_string(metadata).ok().map(String::into_boxed_str)
+    }
+
     /// Whether retention or `gc_terminal` may drop it: terminal, every write
     /// resolved, nobody waiting.
     pub(crate) fn is_collectable(&self) -> bool {
