@@ -44,6 +44,17 @@ pub struct VersionedRecord {
     pub version: u64,
 }
 
+/// What a caller of `cas` believes is stored.
+#[derive(Debug)]
+pub(crate) enum Known {
+    /// Nothing known: load first.
+    Unknown,
+    /// Probably no record yet.
+    Absent,
+    /// The record and version last written.
+    Cached(VersionedRecord),
+}
+
 /// What one compare-and-swap round decided to write.
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -208,7 +219,7 @@ impl TaskStore {
         transition: Transition,
     ) -> Result<VersionedRecord, TaskError> {
         validate_task_id(task_id)?;
-        self.cas(task_id, None, |current| {
+        self.cas(task_id, Known::Unknown, |current| {
             if current.is_none() && !matches!(transition, Transition::Start { .. }) {
                 return Err(TaskError::unknown(task_id));
             }
@@ -233,20 +244,23 @@ impl TaskStore {
     /// The compare-and-swap loop every durable change goes through.
     ///
     /// `decide` gets the current record (or `None`) and returns what to write.
-    /// `cached` is the record and version the caller last wrote, to skip the
-    /// first load; a conflict drops it and reloads.
+    /// `known` is what the caller believes is stored, to skip the first load:
+    /// the record and version it last wrote, or that there is no record yet
+    /// (a first start: the create then needs no read). A wrong belief costs a
+    /// conflict (`VersionConflict`, `AlreadyExists`) and a reload.
     pub(crate) async fn cas(
         &self,
         task_id: &str,
-        mut cached: Option<VersionedRecord>,
+        mut known: Known,
         mut decide: impl FnMut(Option<&TaskRecord>) -> Result<Plan, TaskError>,
     ) -> Result<VersionedRecord, TaskError> {
         let thread_id = Self::thread_id(task_id);
         let mut last_conflict = None;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let current = match cached.take() {
-                Some(c) => Some(c),
-                None => self.load_versioned(task_id).await?,
+            let current = match std::mem::replace(&mut known, Known::Unknown) {
+                Known::Cached(c) => Some(c),
+                Known::Absent => None,
+                Known::Unknown => self.load_versioned(task_id).await?,
             };
             let plan = decide(current.as_ref().map(|c| &c.record))?;
             let result = match (&current, plan.record) {

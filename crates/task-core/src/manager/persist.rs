@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::time::DelayQueue;
 
 use crate::state::{Outcome, TaskRecord, Transition, apply};
-use crate::task_store::{Plan, VersionedRecord, audit_message, output_message};
+use crate::task_store::{Known, Plan, VersionedRecord, audit_message, output_message};
 use crate::{TaskError, TaskId, TaskStatus, TaskStore};
 
 use super::Inner;
@@ -375,8 +375,14 @@ async fn write_steps(
     steps: &[Step],
 ) -> Result<(Option<u32>, VersionedRecord), TaskError> {
     let mut resolved = attempt;
+    let known = match cached {
+        Some(record) => Known::Cached(record),
+        // A first start: most likely nobody has written this task yet.
+        None if attempt.is_none() && matches!(steps.first(), Some(Step::Start(_))) => Known::Absent,
+        None => Known::Unknown,
+    };
     let written = store
-        .cas(task_id, cached, |current| {
+        .cas(task_id, known, |current| {
             let mut record = current.cloned();
             let mut attempt = attempt;
             let mut changed = false;

@@ -9,7 +9,7 @@ use task_store::{ThreadQuery, ThreadStoreError};
 use super::control::instance_thread;
 use super::{Inner, duration_ms};
 use crate::state::{Outcome, Transition, apply};
-use crate::task_store::{Plan, TASK_KIND, audit_message};
+use crate::task_store::{Known, Plan, TASK_KIND, audit_message};
 use crate::{TaskError, TaskId, TaskStatus, TaskStore};
 
 /// What [`recover`](crate::BackgroundTaskManager::recover) changed.
@@ -112,7 +112,7 @@ async fn recover_one(
     // Whether the last decision (the one committed) changed the record.
     let mut changed = false;
     store
-        .cas(task_id, Some(found), |current| {
+        .cas(task_id, Known::Cached(found), |current| {
             changed = false;
             // Change it only if nothing moved since the decision: same
             // attempt, still running, same holder.

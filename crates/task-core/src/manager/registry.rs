@@ -104,7 +104,9 @@ impl Entry {
         if metadata.is_null() {
             return None;
         }
-        serde_json::to_string(metadata).ok().map(String::into_boxed_str)
+        serde_json::to_string(metadata)
+            .ok()
+            .map(String::into_boxed_str)
     }
 
     /// Whether retention or `gc_terminal` may drop it: terminal, every write
@@ -156,7 +158,11 @@ impl Registry {
 
     /// Inserts a new, running task and indexes it.
     pub(crate) fn insert(&mut self, id: TaskId, slot: Arc<TaskSlot>, parent: Option<&TaskId>) {
-        let owner = self.owners.entry(slot.owner.clone()).or_default();
+        // `owner_running` created the owner's index for this spawn.
+        let owner = match self.owners.get_mut(&slot.owner) {
+            Some(owner) => owner,
+            None => self.owners.entry(slot.owner.clone()).or_default(),
+        };
         owner.order.insert(slot.seq, id.clone());
         owner.running.fetch_add(1, Ordering::AcqRel);
         if let Some(parent) = parent {
