@@ -98,7 +98,13 @@ fn ci() -> Result<(), String> {
     step("test", test)?;
 
     let mut doc = cargo();
-    doc.args(["doc", "--workspace", "--no-deps", "--all-features", "--locked"]);
+    doc.args([
+        "doc",
+        "--workspace",
+        "--no-deps",
+        "--all-features",
+        "--locked",
+    ]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     step("doc", doc)?;
     Ok(())

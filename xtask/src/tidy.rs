@@ -41,8 +41,16 @@ fn normal_dependencies(krate: &str) -> Vec<String> {
 #[test]
 fn the_contract_crate_depends_on_no_other_crate_of_ours() {
     let deps = normal_dependencies("task-store");
-    for ours in ["task-core", "task-store-memory", "task-store-redis", "task-testkit"] {
-        assert!(!deps.iter().any(|d| d == ours), "task-store depends on {ours}");
+    for ours in [
+        "task-core",
+        "task-store-memory",
+        "task-store-redis",
+        "task-testkit",
+    ] {
+        assert!(
+            !deps.iter().any(|d| d == ours),
+            "task-store depends on {ours}"
+        );
     }
 }
 
@@ -50,8 +58,16 @@ fn the_contract_crate_depends_on_no_other_crate_of_ours() {
 fn backends_depend_on_the_contract_and_never_on_task_core() {
     for backend in ["task-store-memory", "task-store-redis"] {
         let deps = normal_dependencies(backend);
-        assert!(deps.iter().any(|d| d == "task-store"), "{backend} must implement task-store");
-        for forbidden in ["task-core", "task-store-memory", "task-store-redis", "task-testkit"] {
+        assert!(
+            deps.iter().any(|d| d == "task-store"),
+            "{backend} must implement task-store"
+        );
+        for forbidden in [
+            "task-core",
+            "task-store-memory",
+            "task-store-redis",
+            "task-testkit",
+        ] {
             if forbidden != backend {
                 assert!(
                     !deps.iter().any(|d| d == forbidden),
@@ -65,7 +81,10 @@ fn backends_depend_on_the_contract_and_never_on_task_core() {
 #[test]
 fn the_testkit_depends_on_no_backend_and_not_on_task_core() {
     let deps = normal_dependencies("task-testkit");
-    assert!(deps.iter().any(|d| d == "task-store"), "the manifest was read: {deps:?}");
+    assert!(
+        deps.iter().any(|d| d == "task-store"),
+        "the manifest was read: {deps:?}"
+    );
     for forbidden in ["task-core", "task-store-memory", "task-store-redis"] {
         assert!(
             !deps.iter().any(|d| d == forbidden),
