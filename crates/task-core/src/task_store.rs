@@ -52,7 +52,7 @@ pub(crate) enum Known {
     /// Probably no record yet.
     Absent,
     /// The record and version last written.
-    Cached(VersionedRecord),
+    Cached(Box<VersionedRecord>),
 }
 
 /// What one compare-and-swap round decided to write.
@@ -258,7 +258,7 @@ impl TaskStore {
         let mut last_conflict = None;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = match std::mem::replace(&mut known, Known::Unknown) {
-                Known::Cached(c) => Some(c),
+                Known::Cached(c) => Some(*c),
                 Known::Absent => None,
                 Known::Unknown => self.load_versioned(task_id).await?,
             };

@@ -376,7 +376,7 @@ async fn write_steps(
 ) -> Result<(Option<u32>, VersionedRecord), TaskError> {
     let mut resolved = attempt;
     let known = match cached {
-        Some(record) => Known::Cached(record),
+        Some(record) => Known::Cached(Box::new(record)),
         // A first start: most likely nobody has written this task yet.
         None if attempt.is_none() && matches!(steps.first(), Some(Step::Start(_))) => Known::Absent,
         None => Known::Unknown,

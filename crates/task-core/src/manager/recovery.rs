@@ -112,7 +112,7 @@ async fn recover_one(
     // Whether the last decision (the one committed) changed the record.
     let mut changed = false;
     store
-        .cas(task_id, Known::Cached(found), |current| {
+        .cas(task_id, Known::Cached(Box::new(found)), |current| {
             changed = false;
             // Change it only if nothing moved since the decision: same
             // attempt, still running, same holder.
