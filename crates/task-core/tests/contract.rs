@@ -227,3 +227,15 @@ async fn stores_task_store_and_manager_compose_as_written() {
         "the tree (cancelled) and the task failed by hand"
     );
 }
+
+#[tokio::test]
+async fn store_open_refuses_unknown_schemes_with_a_clear_error() {
+    for url in ["postgres://localhost/db", "no-scheme-at-all"] {
+        let err = task_core::store::open(url).await.expect_err("refused");
+        assert!(
+            matches!(err, ThreadStoreError::InvalidInput { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(err.to_string().contains("memory://"), "{err}");
+    }
+}

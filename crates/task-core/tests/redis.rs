@@ -356,3 +356,39 @@ async fn cancel_tree_from_another_process_cancels_the_holders_tasks() {
         assert_eq!(s.status, TaskStatus::Cancelled, "{}", s.task_id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_open_accepts_a_redis_url_with_a_prefix() {
+    let Some(url) = shared_redis_url("store_open_accepts_a_redis_url_with_a_prefix") else {
+        return;
+    };
+    let prefix = unique_prefix("open");
+    let store = task_core::store::open(&format!("{url}?prefix={prefix}"))
+        .await
+        .expect("open redis://");
+    let tasks = TaskStore::new(store);
+    let m = BackgroundTaskManager::builder()
+        .task_store(Arc::new(tasks.clone()))
+        .build();
+    let id = m
+        .spawn("owner", "t", "d", |_| async {
+            TaskResult::Success(json!(1))
+        })
+        .await
+        .expect("spawn");
+    m.wait("owner", &id).await.expect("known");
+    m.flush().await;
+    // Visible through a store opened on the same prefix, not on another.
+    let same = TaskStore::new(
+        task_core::store::open(&format!("{url}?prefix={prefix}"))
+            .await
+            .expect("open"),
+    );
+    assert!(same.load_task(&id).await.expect("load").is_some());
+    let other = TaskStore::new(
+        task_core::store::open(&format!("{url}?prefix={prefix}-other"))
+            .await
+            .expect("open"),
+    );
+    assert!(other.load_task(&id).await.expect("load").is_none());
+}
