@@ -39,6 +39,31 @@
 //! # }
 //! ```
 //!
+//! # Guarantees
+//!
+//! - A task that panics ends `failed` with the panic message; one that
+//!   ignores its cancellation is dropped after the cancel grace and ends
+//!   `cancelled`. No task stays `running` after its future is gone.
+//! - Terminal outcomes are write-once; every durable change is a transition
+//!   of the pure state machine in [`state`], written with a version
+//!   precondition and retried on conflict; a write of an older attempt is
+//!   refused.
+//! - The store is never on the spawn path: transitions reach it through an
+//!   ordered outbox per task, retried with bounded backoff; a failure shows
+//!   as `persistence_error` and [`BackgroundTaskManager::flush`] waits for
+//!   durability.
+//!
+//! # Across processes
+//!
+//! With a task store shared by several processes (Redis), each manager holds
+//! a lease on the tasks it runs and renews it with one write per period.
+//! [`BackgroundTaskManager::recover`] turns the running tasks of a process
+//! that stopped renewing into `stopped` (resumable with
+//! [`BackgroundTaskManager::resume`]) or `failed`; `cancel` and `cancel_tree`
+//! reach tasks another process holds; [`BackgroundTaskManager::shutdown`]
+//! stops a manager cleanly. See `ARCHITECTURE.md` for the lease protocol and
+//! its failure cases.
+//!
 //! # Features
 //!
 //! - `memory` (default): re-exports [`MemoryStore`] and lets
