@@ -84,7 +84,8 @@ async fn no_terminal_state_is_lost_under_random_faults_on_every_operation() {
         let id = m
             .spawn("o", "t", "d", move |ctx| async move {
                 if i % 2 == 0 {
-                    // Long enough that start and finish are written apart.
+                    // The task's own work (paused time: advanced, not waited for),
+                    // long enough that its start and finish are written apart.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 ctx.emit(json!(i));

@@ -970,18 +970,19 @@ impl BackgroundTaskManager {
         if validate_owner(owner).is_err() {
             return Ok(out);
         }
-        let local: HashSet<TaskId> = out.iter().map(|s| s.task_id.clone()).collect();
-        let mut durable: Vec<TaskSummary> = store
-            .list_tasks(owner)
-            .await?
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|r| {
-                !local.contains(&r.task_id) && !self.inner.lock().tasks.contains_key(&r.task_id)
-            })
-            .filter(|r| status.is_none_or(|s| r.status == s))
-            .map(|r| summary_of(&r))
-            .collect();
+        let records = store.list_tasks(owner).await?;
+        // Tasks this instance holds are already in `out` (or filtered out of
+        // it): one registry lock decides which records are someone else's.
+        let mut durable: Vec<TaskSummary> = {
+            let reg = self.inner.lock();
+            records
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|r| !reg.tasks.contains_key(r.task_id.as_str()))
+                .filter(|r| status.is_none_or(|s| r.status == s))
+                .map(|r| summary_of(&r))
+                .collect()
+        };
         durable.sort_by(|a, b| (a.created_at_ms, &a.task_id).cmp(&(b.created_at_ms, &b.task_id)));
         out.extend(durable);
         Ok(out)
