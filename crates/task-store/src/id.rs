@@ -37,6 +37,10 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), ThreadStoreError> {
             id.len()
         )));
     }
+    // Printable ASCII, by far the common case, needs no decoding.
+    if id.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Err(ThreadStoreError::invalid_input(format!(
             "{what} {:?} contains the control character {:?}",
@@ -111,7 +115,8 @@ mod tests {
 
     #[test]
     fn refuses_empty_long_and_control_ids() {
-        for bad in ["", "a\0b", "tab\there", "line\n", "\u{7f}"] {
+        // C0, DEL and C1 (U+0085, which is not ASCII) controls.
+        for bad in ["", "a\0b", "tab\there", "line\n", "\u{7f}", "nel\u{85}", "ü\u{9f}"] {
             let err = validate_id("thread id", bad).expect_err("must be refused");
             assert!(
                 matches!(err, ThreadStoreError::InvalidInput { .. }),
