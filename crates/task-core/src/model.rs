@@ -43,10 +43,12 @@ pub fn new_task_id() -> TaskId {
     let mut tail = [0u8; 10];
     tail[..8].copy_from_slice(&n.to_be_bytes());
     tail[8..].copy_from_slice(&fastrand::u16(..).to_be_bytes());
-    uuid::Builder::from_unix_timestamp_millis(now_ms(), &tail)
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+    let text: &str = uuid::Builder::from_unix_timestamp_millis(now_ms(), &tail)
         .into_uuid()
         .simple()
-        .to_string()
+        .encode_lower(&mut text);
+    text.to_owned()
 }
 
 /// Where a task is in its life.
@@ -207,18 +209,11 @@ pub(crate) fn validate_task_input(
 ) -> Result<(), TaskError> {
     validate_task_id(task_id)?;
     validate_owner(owner)?;
-    task_store::validate_id("task type", task_type).map_err(TaskError::from_validation)?;
+    validate_task_type(task_type)?;
     if let Some(parent) = parent_task_id {
         validate_task_id(parent)?;
     }
-    if description.len() > MAX_DESCRIPTION_LEN {
-        return Err(TaskError::InvalidInput {
-            reason: format!(
-                "description is {} bytes long; the limit is {MAX_DESCRIPTION_LEN}",
-                description.len()
-            ),
-        });
-    }
+    validate_description(description)?;
     if !metadata.is_null() {
         let size = serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len());
         if size > MAX_METADATA_BYTES {
@@ -240,6 +235,24 @@ pub(crate) fn validate_task_id(task_id: &str) -> Result<(), TaskError> {
             reason: format!(
                 "task id is {} bytes long; the limit is {MAX_TASK_ID_LEN}",
                 task_id.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a task type with the store's id rules.
+pub(crate) fn validate_task_type(task_type: &str) -> Result<(), TaskError> {
+    task_store::validate_id("task type", task_type).map_err(TaskError::from_validation)
+}
+
+/// Checks a description's length.
+pub(crate) fn validate_description(description: &str) -> Result<(), TaskError> {
+    if description.len() > MAX_DESCRIPTION_LEN {
+        return Err(TaskError::InvalidInput {
+            reason: format!(
+                "description is {} bytes long; the limit is {MAX_DESCRIPTION_LEN}",
+                description.len()
             ),
         });
     }

@@ -173,6 +173,69 @@ async fn cancelling_the_callers_token_is_a_cancellation_request() {
     assert_eq!(s.status, TaskStatus::Cancelled);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_stubborn_task_whose_callers_token_is_cancelled_is_dropped_after_the_grace_period() {
+    let m = BackgroundTaskManager::builder()
+        .cancel_grace(Duration::from_secs(3))
+        .build();
+    let token = RunCancellationToken::new();
+    let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+    m.spawn_with_id(params("x", "o", None), token.clone(), |_ctx| async move {
+        let _tell_when_dropped = dropped_tx;
+        std::future::pending::<TaskResult>().await
+    })
+    .await
+    .expect("spawn");
+    let started = tokio::time::Instant::now();
+    token.cancel();
+    let s = tokio::time::timeout(Duration::from_secs(60), m.wait("o", "x"))
+        .await
+        .expect("dropped after the grace, not left running")
+        .expect("known");
+    assert_eq!(s.status, TaskStatus::Cancelled);
+    assert!(s.error.expect("error says why").contains("grace"));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(dropped_rx.await.is_err());
+}
+
+#[tokio::test]
+async fn a_task_that_looks_at_its_context_only_after_a_cancel_sees_it() {
+    // The token is made on first use: a cancel that comes before must still
+    // reach the task, through every way of asking.
+    let m = BackgroundTaskManager::new();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let id = m
+        .spawn("o", "t", "late looker", |ctx| async move {
+            let _ = go_rx.await;
+            let token = ctx.token().clone();
+            assert!(ctx.is_cancelled());
+            ctx.cancelled().await;
+            assert!(token.is_cancelled());
+            TaskResult::Success(json!("finished anyway"))
+        })
+        .await
+        .expect("spawn");
+    m.cancel("o", &id).await.expect("cancel");
+    go_tx.send(()).expect("the task waits");
+    let s = m.wait("o", &id).await.expect("known");
+    assert_eq!(s.status, TaskStatus::Cancelled);
+    assert_eq!(s.result, None);
+}
+
+#[tokio::test]
+async fn a_task_that_cancels_its_own_token_ends_cancelled() {
+    let m = BackgroundTaskManager::new();
+    let id = m
+        .spawn("o", "t", "gives up", |ctx| async move {
+            ctx.token().cancel();
+            TaskResult::Success(json!(1))
+        })
+        .await
+        .expect("spawn");
+    let s = m.wait("o", &id).await.expect("known");
+    assert_eq!(s.status, TaskStatus::Cancelled);
+}
+
 #[tokio::test]
 async fn cancel_of_a_finished_task_says_it_is_not_running() {
     let m = BackgroundTaskManager::new();

@@ -174,7 +174,12 @@ async fn write_instance(inner: &Inner, store: &TaskStore, expires_at_ms: u64) {
 }
 
 /// Applies the inbox messages after `cursor`; returns the new cursor.
-async fn read_inbox(inner: &Inner, store: &TaskStore, thread_id: &str, mut cursor: u64) -> u64 {
+async fn read_inbox(
+    inner: &Arc<Inner>,
+    store: &TaskStore,
+    thread_id: &str,
+    mut cursor: u64,
+) -> u64 {
     loop {
         let query = MessageQuery {
             after: cursor,

@@ -8,19 +8,20 @@ mod registry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::{Value, json};
 use task_store::{ChangeSet, NewMessage, ThreadStoreError, VersionPrecondition};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::context::TaskContext;
 use crate::model::{
-    now_ms, type_supports_resume, validate_owner, validate_task_id, validate_task_input,
+    now_ms, type_supports_resume, validate_description, validate_owner, validate_task_id,
+    validate_task_input, validate_task_type,
 };
 use crate::state::{Lease, Rejection, TaskRecord, Transition};
 use crate::{
@@ -30,7 +31,7 @@ use crate::{
 
 use persist::{Backoff, Job, Outbox, Step};
 pub(crate) use registry::TaskSlot;
-use registry::{Entry, Registry};
+use registry::{Entry, Registry, SlotInit};
 
 pub use recovery::RecoveryReport;
 
@@ -212,6 +213,7 @@ impl BackgroundTaskManagerBuilder {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::default()),
                 events,
+                subscribed: AtomicBool::new(false),
                 cancel_grace: self.cancel_grace,
                 retention: self.retention,
                 outbox: self.task_store.map(|s| Outbox::new(s, self.backoff)),
@@ -221,6 +223,7 @@ impl BackgroundTaskManagerBuilder {
                 clock: Clock::new(),
                 leases: self.leases,
                 control: control::Control::default(),
+                reaper: OnceLock::new(),
             }),
         };
         if manager.inner.outbox.is_some() && tokio::runtime::Handle::try_current().is_ok() {
@@ -272,6 +275,8 @@ pub struct BackgroundTaskManager {
 pub(crate) struct Inner {
     registry: Mutex<Registry>,
     events: broadcast::Sender<TaskEvent>,
+    /// Whether `subscribe` was ever called.
+    subscribed: AtomicBool,
     cancel_grace: Duration,
     retention: RetentionPolicy,
     outbox: Option<Outbox>,
@@ -279,6 +284,8 @@ pub(crate) struct Inner {
     clock: Clock,
     leases: LeaseConfig,
     control: control::Control,
+    /// Cancelled tasks to drop if they outlive the cancel grace.
+    reaper: OnceLock<mpsc::UnboundedSender<(Instant, Weak<TaskSlot>)>>,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock: the system time at
@@ -306,10 +313,10 @@ impl Clock {
 }
 
 /// One epoch of a task about to start.
-struct Launch {
+struct Launch<'a> {
     task_id: TaskId,
-    owner: String,
-    task_type: String,
+    owner: &'a str,
+    task_type: &'a str,
     description: String,
     parent_task_id: Option<TaskId>,
     metadata: Value,
@@ -378,16 +385,25 @@ impl BackgroundTaskManager {
         F: FnOnce(TaskContext) -> Fut + Send + 'static,
         Fut: Future<Output = TaskResult> + Send + 'static,
     {
-        let params = SpawnParams {
-            task_id: new_task_id(),
-            owner_thread_id: owner.to_owned(),
-            task_type: task_type.to_owned(),
-            description: description.to_owned(),
-            parent_task_id: None,
-            metadata: Value::Null,
-        };
-        self.spawn_with_id(params, RunCancellationToken::new(), f)
-            .await
+        // The generated id is valid by construction; the rest is the caller's.
+        validate_owner(owner)?;
+        validate_task_type(task_type)?;
+        validate_description(description)?;
+        let task_id = new_task_id();
+        self.launch(
+            Launch {
+                task_id,
+                owner,
+                task_type,
+                description: description.to_owned(),
+                parent_task_id: None,
+                metadata: Value::Null,
+                supports_resume: type_supports_resume(task_type),
+                resumed_attempt: None,
+            },
+            None,
+            f,
+        )
     }
 
     /// Spawns a task with the caller's id, cancellation token, parent task and
@@ -433,26 +449,27 @@ impl BackgroundTaskManager {
         self.launch(
             Launch {
                 task_id,
-                owner,
-                task_type,
+                owner: &owner,
+                task_type: &task_type,
                 description,
                 parent_task_id,
                 metadata,
                 supports_resume,
                 resumed_attempt: None,
             },
-            token,
+            Some(token),
             f,
         )
     }
 
     /// Registers and starts one epoch of a task: a spawn (which queues the
     /// durable start) or a resume (whose durable transition is already
-    /// written, as attempt `resumed_attempt`).
+    /// written, as attempt `resumed_attempt`). `token` is the caller's; a task
+    /// without one gets its token when something asks for it.
     fn launch<F, Fut>(
         &self,
-        launch: Launch,
-        token: RunCancellationToken,
+        launch: Launch<'_>,
+        token: Option<RunCancellationToken>,
         f: F,
     ) -> Result<TaskId, TaskError>
     where
@@ -478,8 +495,8 @@ impl BackgroundTaskManager {
                 ..TaskRecord::running(
                     NewTaskSpec {
                         task_id: task_id.clone(),
-                        owner_thread_id: owner.clone(),
-                        task_type: task_type.clone(),
+                        owner_thread_id: owner.to_owned(),
+                        task_type: task_type.to_owned(),
                         description: description.clone(),
                         parent_task_id: parent_task_id.clone(),
                         supports_resume,
@@ -493,58 +510,46 @@ impl BackgroundTaskManager {
         if inner.outbox.is_some() {
             control::ensure_started(inner);
         }
+        let metadata = TaskSlot::encode_metadata(&metadata);
         let mut reg = inner.lock();
         if reg.closed {
             return Err(TaskError::ShuttingDown);
         }
-        let (attempt, pending_writes) = match reg.tasks.get(&task_id) {
+        let (attempt, pending_writes) = match reg.get(&task_id) {
             Some(old) => {
-                let old = old.lock();
-                if old.summary.status == TaskStatus::Running {
-                    return Err(TaskError::AlreadyRunning { task_id });
-                }
-                (
-                    resumed_attempt.unwrap_or(old.summary.attempt + 1),
-                    old.pending_writes,
-                )
+                let (attempt, pending_writes) = {
+                    let old = old.lock();
+                    if old.status == TaskStatus::Running {
+                        return Err(TaskError::AlreadyRunning { task_id });
+                    }
+                    (old.attempt + 1, old.pending_writes)
+                };
+                // The earlier epoch gives way to this one.
+                reg.remove(&task_id);
+                (resumed_attempt.unwrap_or(attempt), pending_writes)
             }
             None => (resumed_attempt.unwrap_or(1), 0),
         };
-        reg.remove(&task_id);
         let seq = reg.next_seq;
         reg.next_seq += 1;
-        let owner_running = reg.owner_running(&owner);
-        let entry = Entry {
-            metadata: Entry::encode_metadata(&metadata),
-            summary: TaskSummary {
-                task_id: task_id.clone(),
-                task_type,
-                description,
-                status: TaskStatus::Running,
-                error: None,
-                result: None,
-                created_at_ms: now,
-                completed_at_ms: None,
-                parent_task_id,
-                supports_resume,
-                attempt,
-                metadata: Value::Null,
-                persistence_error: None,
-            },
-            token: Some(token.clone()),
-            cancel_requested: false,
-            shutting_down: false,
-            durable_attempt: resumed_attempt,
-            abort: None,
-            waiters: 0,
-            notify: None,
-            pending_writes: pending_writes + u32::from(start.is_some()),
-            finished_at: None,
-            output_seq: 0,
+        let owner = reg.owner(owner);
+        let init = SlotInit {
+            task_id: task_id.clone(),
+            task_type: reg.task_type(task_type),
+            description,
+            parent_task_id,
+            metadata,
+            created_at_ms: now,
+            supports_resume,
         };
-        inner.emit(&owner, &entry, TaskEventKind::Spawned);
-        let parent = entry.summary.parent_task_id.clone();
-        let slot = Arc::new(TaskSlot::new(owner, seq, owner_running, entry));
+        let entry = Entry::running(
+            attempt,
+            token.clone(),
+            resumed_attempt,
+            pending_writes + u32::from(start.is_some()),
+        );
+        let slot = Arc::new(TaskSlot::new(init, owner, seq, entry));
+        inner.emit(&slot, attempt, TaskEventKind::Spawned);
         if let (Some(outbox), Some(start)) = (&inner.outbox, start) {
             // Queued before the task can run, so before its finish.
             outbox.enqueue(
@@ -556,25 +561,23 @@ impl BackgroundTaskManager {
                 },
             );
         }
-        reg.insert(task_id.clone(), Arc::clone(&slot), parent.as_ref());
+        reg.insert(Arc::clone(&slot));
         drop(reg);
 
         let ctx = TaskContext {
-            task_id: task_id.clone(),
-            owner: slot.owner.clone(),
-            token: token.clone(),
+            slot: Arc::clone(&slot),
             inner: Arc::downgrade(inner),
-            slot: Arc::downgrade(&slot),
+            token: token.clone().map_or_else(OnceLock::new, OnceLock::from),
         };
-        let handle = tokio::spawn(run_task(
-            Arc::downgrade(inner),
-            Arc::clone(&slot),
-            token,
-            f,
-            ctx,
-        ));
+        let weak = Arc::downgrade(inner);
+        let handle = match token {
+            None => tokio::spawn(run_task(weak, Arc::clone(&slot), f, ctx)),
+            Some(token) => {
+                tokio::spawn(run_task_with_token(weak, Arc::clone(&slot), token, f, ctx))
+            }
+        };
         let mut entry = slot.lock();
-        if entry.summary.status == TaskStatus::Running {
+        if entry.status == TaskStatus::Running {
             entry.abort = Some(handle.abort_handle());
         }
         Ok(task_id)
@@ -592,13 +595,13 @@ impl BackgroundTaskManager {
     pub async fn cancel(&self, owner: &str, task_id: &str) -> Result<(), TaskError> {
         if let Some(slot) = self.slot(owner, task_id) {
             let mut entry = slot.lock();
-            if entry.summary.status != TaskStatus::Running {
+            if entry.status != TaskStatus::Running {
                 return Err(TaskError::NotRunning {
                     task_id: task_id.to_owned(),
-                    status: entry.summary.status,
+                    status: entry.status,
                 });
             }
-            request_cancel(&self.inner, &slot.owner, &mut entry);
+            self.inner.request_cancel(&slot, &mut entry);
             return Ok(());
         }
         // Not here: with a store, it may run in another process.
@@ -712,15 +715,14 @@ impl BackgroundTaskManager {
             .visible(owner, task_id)
             .ok_or_else(|| TaskError::unknown(task_id))?
             .lock()
-            .summary
             .status;
         let mut cancelled = Vec::new();
         for id in reg.tree(owner, task_id) {
             if let Some(slot) = reg.visible(owner, &id) {
                 let mut entry = slot.lock();
-                if entry.summary.status == TaskStatus::Running {
-                    request_cancel(&self.inner, owner, &mut entry);
-                    cancelled.push(entry.summary());
+                if entry.status == TaskStatus::Running {
+                    self.inner.request_cancel(slot, &mut entry);
+                    cancelled.push(slot.summary(&entry));
                 }
             }
         }
@@ -741,7 +743,9 @@ impl BackgroundTaskManager {
 
     /// The summary of one of the owner's tasks.
     pub async fn get(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
-        Some(self.slot(owner, task_id)?.lock().summary())
+        let slot = self.slot(owner, task_id)?;
+        let entry = slot.lock();
+        Some(slot.summary(&entry))
     }
 
     /// Waits until one of the owner's tasks is no longer running (terminal or
@@ -750,23 +754,23 @@ impl BackgroundTaskManager {
     /// collected by retention or `gc_terminal`.
     pub async fn wait(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
         let slot = self.slot(owner, task_id)?;
-        let (notify, _guard) = {
+        {
             let mut entry = slot.lock();
-            if entry.summary.status.is_finished() {
-                return Some(entry.summary());
+            if entry.status.is_finished() {
+                return Some(slot.summary(&entry));
             }
             entry.waiters += 1;
-            let notify = Arc::clone(entry.notify.get_or_insert_with(Default::default));
-            (notify, WaiterGuard(Arc::clone(&slot)))
-        };
+        }
+        let guard = WaiterGuard(slot);
+        let slot = &guard.0;
         loop {
-            let notified = notify.notified();
+            let notified = slot.finished.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let entry = slot.lock();
-                if entry.summary.status.is_finished() {
-                    return Some(entry.summary());
+                if entry.status.is_finished() {
+                    return Some(slot.summary(&entry));
                 }
             }
             notified.await;
@@ -776,7 +780,7 @@ impl BackgroundTaskManager {
     /// The owner's tasks in creation order, optionally only those with
     /// `status`.
     pub async fn list(&self, owner: &str, status: Option<TaskStatus>) -> Vec<TaskSummary> {
-        self.list_filtered(owner, |s| status.is_none_or(|st| s.status == st))
+        self.list_filtered(owner, |_, e| status.is_none_or(|st| e.status == st))
     }
 
     /// The owner's tasks of one type, optionally only those with `status`.
@@ -786,29 +790,29 @@ impl BackgroundTaskManager {
         task_type: &str,
         status: Option<TaskStatus>,
     ) -> Vec<TaskSummary> {
-        self.list_filtered(owner, |s| {
-            s.task_type == task_type && status.is_none_or(|st| s.status == st)
+        self.list_filtered(owner, |s, e| {
+            &*s.task_type == task_type && status.is_none_or(|st| e.status == st)
         })
     }
 
-    fn list_filtered(&self, owner: &str, keep: impl Fn(&TaskSummary) -> bool) -> Vec<TaskSummary> {
+    fn list_filtered(
+        &self,
+        owner: &str,
+        keep: impl Fn(&TaskSlot, &Entry) -> bool,
+    ) -> Vec<TaskSummary> {
         let mut reg = self.inner.lock();
         self.inner.enforce_retention(&mut reg, owner);
         reg.owner_slots(owner)
             .filter_map(|slot| {
                 let entry = slot.lock();
-                keep(&entry.summary).then(|| entry.summary())
+                keep(slot, &entry).then(|| slot.summary(&entry))
             })
             .collect()
     }
 
     /// Whether the owner has a running task. O(1).
     pub async fn has_running_tasks(&self, owner: &str) -> bool {
-        self.inner
-            .lock()
-            .owners
-            .get(owner)
-            .is_some_and(|o| o.running.load(Ordering::Acquire) > 0)
+        self.inner.lock().has_running(owner)
     }
 
     /// Drops the owner's terminal tasks whose writes are resolved and that
@@ -829,7 +833,7 @@ impl BackgroundTaskManager {
 
     /// Whether any owner has a task with this id.
     pub async fn contains_any(&self, task_id: &str) -> bool {
-        self.inner.lock().tasks.contains_key(task_id)
+        self.inner.lock().tasks.contains(task_id)
     }
 
     /// Sets a task's status from outside (for example when the work it stands
@@ -852,20 +856,19 @@ impl BackgroundTaskManager {
         };
         {
             let mut entry = slot.lock();
-            let was = entry.summary.status;
+            let was = entry.status;
             if was.is_terminal() || was == status {
                 return false;
             }
             if let Some(token) = &entry.token {
                 token.cancel();
             }
-            self.inner
-                .settle(&slot.owner, slot.seq, &mut entry, status, None, error);
+            self.inner.settle(&slot, &mut entry, status, None, error);
             if was == TaskStatus::Running {
                 slot.stopped_running();
             }
         }
-        self.inner.after_finish(&slot.owner);
+        self.inner.after_finish(slot.owner());
         true
     }
 
@@ -893,7 +896,7 @@ impl BackgroundTaskManager {
         let (root_status, mut cancelled, remote) = {
             let reg = self.inner.lock();
             let root_status = match (reg.visible(owner, task_id), records.get(task_id)) {
-                (Some(slot), _) => slot.lock().summary.status,
+                (Some(slot), _) => slot.lock().status,
                 (None, Some(r)) => r.status,
                 (None, None) => return Err(TaskError::unknown(task_id)),
             };
@@ -920,9 +923,9 @@ impl BackgroundTaskManager {
                 }
                 if let Some(slot) = reg.visible(owner, id) {
                     let mut entry = slot.lock();
-                    if entry.summary.status == TaskStatus::Running {
-                        request_cancel(&self.inner, owner, &mut entry);
-                        cancelled.push(entry.summary());
+                    if entry.status == TaskStatus::Running {
+                        self.inner.request_cancel(slot, &mut entry);
+                        cancelled.push(slot.summary(&entry));
                     }
                 } else if let Some(r) = records.get(id)
                     && r.status == TaskStatus::Running
@@ -978,7 +981,7 @@ impl BackgroundTaskManager {
             records
                 .into_iter()
                 .filter_map(Result::ok)
-                .filter(|r| !reg.tasks.contains_key(r.task_id.as_str()))
+                .filter(|r| !reg.tasks.contains(r.task_id.as_str()))
                 .filter(|r| status.is_none_or(|s| r.status == s))
                 .map(|r| summary_of(&r))
                 .collect()
@@ -1050,11 +1053,7 @@ impl BackgroundTaskManager {
         }
         let Some(store) = self.task_store() else {
             let s = local.ok_or_else(|| TaskError::unknown(task_id))?;
-            return self.launch(
-                resume_launch(owner, &s, s.attempt + 1),
-                RunCancellationToken::new(),
-                f,
-            );
+            return self.launch(resume_launch(owner, &s, s.attempt + 1), None, f);
         };
         let record = self
             .durable_record(owner, task_id)
@@ -1082,7 +1081,7 @@ impl BackgroundTaskManager {
         let summary = summary_of(&resumed.record);
         self.launch(
             resume_launch(owner, &summary, resumed.record.attempt),
-            RunCancellationToken::new(),
+            None,
             f,
         )
     }
@@ -1098,31 +1097,30 @@ impl BackgroundTaskManager {
         let slots: Vec<Arc<TaskSlot>> = {
             let mut reg = self.inner.lock();
             reg.closed = true;
-            reg.tasks.values().cloned().collect()
+            reg.tasks.iter().map(|k| Arc::clone(&k.0)).collect()
         };
         let mut running = Vec::new();
         for slot in slots {
             let mut entry = slot.lock();
-            if entry.summary.status == TaskStatus::Running {
+            if entry.status == TaskStatus::Running {
                 entry.shutting_down = true;
                 if let Some(token) = &entry.token {
                     token.cancel();
                 }
-                running.push((entry.summary.task_id.clone(), Arc::clone(&slot)));
+                running.push((slot.task_id.clone(), Arc::clone(&slot)));
             }
         }
-        let waits = running.iter().map(|(id, slot)| self.wait(&slot.owner, id));
+        let waits = running.iter().map(|(id, slot)| self.wait(slot.owner(), id));
         let _ = tokio::time::timeout(grace, futures::future::join_all(waits)).await;
         let mut report = ShutdownReport::default();
         for (id, slot) in &running {
             let mut entry = slot.lock();
-            if entry.summary.status == TaskStatus::Running {
+            if entry.status == TaskStatus::Running {
                 if let Some(abort) = entry.abort.take() {
                     abort.abort();
                 }
-                let (status, result, error) = interrupted(entry.summary.supports_resume);
-                self.inner
-                    .settle(&slot.owner, slot.seq, &mut entry, status, result, error);
+                let (status, result, error) = interrupted(slot.supports_resume);
+                self.inner.settle(slot, &mut entry, status, result, error);
                 slot.stopped_running();
                 report.interrupted.push(id.clone());
             } else {
@@ -1139,6 +1137,7 @@ impl BackgroundTaskManager {
 
     /// Subscribes to every task event of this manager from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.inner.subscribed.store(true, Ordering::Release);
         self.inner.events.subscribe()
     }
 
@@ -1181,11 +1180,11 @@ fn summary_of(r: &TaskRecord) -> TaskSummary {
 }
 
 /// The launch of a resumed attempt of the task `s` describes.
-fn resume_launch(owner: &str, s: &TaskSummary, attempt: u32) -> Launch {
+fn resume_launch<'a>(owner: &'a str, s: &'a TaskSummary, attempt: u32) -> Launch<'a> {
     Launch {
         task_id: s.task_id.clone(),
-        owner: owner.to_owned(),
-        task_type: s.task_type.clone(),
+        owner,
+        task_type: &s.task_type,
         description: s.description.clone(),
         parent_task_id: s.parent_task_id.clone(),
         metadata: s.metadata.clone(),
@@ -1204,23 +1203,33 @@ impl Drop for WaiterGuard {
     }
 }
 
-/// Marks a running task's cancellation requested and cancels its token.
-fn request_cancel(inner: &Inner, owner: &str, entry: &mut Entry) {
-    if !entry.cancel_requested {
-        entry.cancel_requested = true;
-        if let Some(token) = &entry.token {
-            token.cancel();
-        }
-        inner.emit(owner, entry, TaskEventKind::CancelRequested);
-    }
-}
-
 /// Runs one task to its end and records the outcome.
 ///
 /// Holds the manager weakly: when the last handle to a manager is dropped,
 /// its tasks are aborted (see `Drop for Inner`) and nothing more is recorded,
-/// as if the process had died; recovery settles their durable records.
-async fn run_task<F, Fut>(
+/// as if the process had died; recovery settles their durable records. A
+/// task that outlives its cancel grace is dropped by the manager's reaper,
+/// not from in here, so the common path carries no timer.
+async fn run_task<F, Fut>(inner: Weak<Inner>, slot: Arc<TaskSlot>, f: F, ctx: TaskContext)
+where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    let ended = match AssertUnwindSafe(async move { f(ctx).await })
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
+    };
+    if let Some(inner) = inner.upgrade() {
+        inner.finish(&slot, ended);
+    }
+}
+
+/// [`run_task`] for a task spawned with the caller's token: cancelling that
+/// token from outside is a cancellation request, so it starts the grace.
+async fn run_task_with_token<F, Fut>(
     inner: Weak<Inner>,
     slot: Arc<TaskSlot>,
     token: RunCancellationToken,
@@ -1230,23 +1239,53 @@ async fn run_task<F, Fut>(
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = TaskResult> + Send + 'static,
 {
-    let Some(grace) = inner.upgrade().map(|i| i.cancel_grace) else {
-        return;
-    };
     let work = AssertUnwindSafe(async move { f(ctx).await }).catch_unwind();
-    let ended = tokio::select! {
+    tokio::pin!(work);
+    let outcome = tokio::select! {
         biased;
-        outcome = work => match outcome {
-            Ok(result) => Ended::Returned(result),
-            Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
-        },
-        () = async {
-            token.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => Ended::Abandoned,
+        outcome = &mut work => outcome,
+        () = token.cancelled() => {
+            if let Some(inner) = inner.upgrade() {
+                inner.schedule_reap(&slot);
+            }
+            work.await
+        }
+    };
+    let ended = match outcome {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
     };
     if let Some(inner) = inner.upgrade() {
         inner.finish(&slot, ended);
+    }
+}
+
+/// Drops cancelled tasks that outlive the cancel grace. Deadlines arrive in
+/// order (the grace is the same for every task), so a queue is enough.
+async fn reap(
+    inner: Weak<Inner>,
+    mut requests: mpsc::UnboundedReceiver<(Instant, Weak<TaskSlot>)>,
+) {
+    let mut due: VecDeque<(Instant, Weak<TaskSlot>)> = VecDeque::new();
+    loop {
+        let next = due.front().map(|(at, _)| *at);
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(request) => due.push_back(request),
+                // The manager is gone.
+                None => return,
+            },
+            () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                let now = Instant::now();
+                while due.front().is_some_and(|(at, _)| *at <= now) {
+                    if let Some((_, slot)) = due.pop_front()
+                        && let (Some(inner), Some(slot)) = (inner.upgrade(), slot.upgrade())
+                    {
+                        inner.abandon(&slot);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1258,8 +1297,8 @@ impl Drop for Inner {
             .registry
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        for slot in reg.tasks.values() {
-            if let Some(abort) = slot.lock().abort.take() {
+        for slot in &reg.tasks {
+            if let Some(abort) = slot.0.lock().abort.take() {
                 abort.abort();
             }
         }
@@ -1298,16 +1337,67 @@ impl Inner {
     /// Sends an event about a task if anybody listens. Called under the
     /// task's lock, so a task's events are sent in the order its changes
     /// happened.
-    fn emit(&self, owner: &str, entry: &Entry, kind: TaskEventKind) {
-        if self.events.receiver_count() > 0 {
+    fn emit(&self, slot: &TaskSlot, attempt: u32, kind: TaskEventKind) {
+        if self.listened() {
             // A send fails only when every receiver is gone: nobody to tell.
             let _ = self.events.send(TaskEvent {
-                owner_thread_id: owner.to_owned(),
-                task_id: entry.summary.task_id.clone(),
-                attempt: entry.summary.attempt,
+                owner_thread_id: slot.owner().to_owned(),
+                task_id: slot.task_id.clone(),
+                attempt,
                 kind,
             });
         }
+    }
+
+    /// Whether anybody may be listening to events. Without a subscription
+    /// ever made this is one atomic read, not the channel's lock.
+    fn listened(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.events.receiver_count() > 0
+    }
+
+    /// Marks a running task's cancellation requested, cancels its token (if
+    /// it has one yet; one made later is born cancelled) and starts its
+    /// grace.
+    fn request_cancel(self: &Arc<Self>, slot: &Arc<TaskSlot>, entry: &mut Entry) {
+        if !entry.cancel_requested {
+            entry.cancel_requested = true;
+            if let Some(token) = &entry.token {
+                token.cancel();
+            }
+            self.emit(slot, entry.attempt, TaskEventKind::CancelRequested);
+            self.schedule_reap(slot);
+        }
+    }
+
+    /// Has the reaper drop the task if it still runs a cancel grace from now.
+    fn schedule_reap(self: &Arc<Self>, slot: &Arc<TaskSlot>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime, so no timer: the task is left to return on its own.
+            return;
+        };
+        let deadline = Instant::now() + self.cancel_grace;
+        let sender = self.reaper.get_or_init(|| {
+            let (sender, requests) = mpsc::unbounded_channel();
+            runtime.spawn(reap(Arc::downgrade(self), requests));
+            sender
+        });
+        // Fails only once the reaper is gone with the runtime: nothing to do.
+        let _ = sender.send((deadline, Arc::downgrade(slot)));
+    }
+
+    /// A cancelled task's grace is over: if that epoch still runs, it is
+    /// aborted and recorded `cancelled`.
+    fn abandon(self: &Arc<Self>, slot: &Arc<TaskSlot>) {
+        {
+            let mut entry = slot.lock();
+            if entry.status != TaskStatus::Running {
+                return;
+            }
+            if let Some(abort) = entry.abort.take() {
+                abort.abort();
+            }
+        }
+        self.finish(slot, Ended::Abandoned);
     }
 
     /// A lease held by this instance from `now_ms` for one TTL.
@@ -1320,16 +1410,16 @@ impl Inner {
 
     /// The current slot of a task id, whoever owns it.
     fn slot_of(&self, task_id: &str) -> Option<Arc<TaskSlot>> {
-        self.lock().tasks.get(task_id).cloned()
+        self.lock().get(task_id).cloned()
     }
 
     /// A cancellation requested by another process for `attempt` of a task
     /// this instance runs.
-    pub(crate) fn cancel_from_inbox(&self, task_id: &str, attempt: u32) {
+    pub(crate) fn cancel_from_inbox(self: &Arc<Self>, task_id: &str, attempt: u32) {
         if let Some(slot) = self.slot_of(task_id) {
             let mut entry = slot.lock();
-            if entry.summary.status == TaskStatus::Running && entry.summary.attempt == attempt {
-                request_cancel(self, &slot.owner, &mut entry);
+            if entry.status == TaskStatus::Running && entry.attempt == attempt {
+                self.request_cancel(&slot, &mut entry);
             }
         }
     }
@@ -1338,7 +1428,7 @@ impl Inner {
     pub(crate) fn runs(&self, task_id: &str, attempt: u32) -> bool {
         self.slot_of(task_id).is_some_and(|slot| {
             let entry = slot.lock();
-            entry.summary.status == TaskStatus::Running && entry.summary.attempt == attempt
+            entry.status == TaskStatus::Running && entry.attempt == attempt
         })
     }
 
@@ -1348,7 +1438,7 @@ impl Inner {
     fn finish(self: &Arc<Self>, slot: &TaskSlot, ended: Ended) {
         {
             let mut entry = slot.lock();
-            if entry.summary.status != TaskStatus::Running {
+            if entry.status != TaskStatus::Running {
                 return;
             }
             let cancelled = entry.cancel_requested
@@ -1364,7 +1454,7 @@ impl Inner {
                 Ended::Returned(TaskResult::Failed(e)) if entry.shutting_down => {
                     (TaskStatus::Failed, None, Some(e))
                 }
-                _ if entry.shutting_down => interrupted(entry.summary.supports_resume),
+                _ if entry.shutting_down => interrupted(slot.supports_resume),
                 Ended::Abandoned => (
                     TaskStatus::Cancelled,
                     None,
@@ -1385,10 +1475,10 @@ impl Inner {
                 ),
             };
             entry.abort = None;
-            self.settle(&slot.owner, slot.seq, &mut entry, status, result, error);
+            self.settle(slot, &mut entry, status, result, error);
             slot.stopped_running();
         }
-        self.after_finish(&slot.owner);
+        self.after_finish(slot.owner());
     }
 
     /// Applies the retention policy to an owner after one of its tasks
@@ -1405,53 +1495,49 @@ impl Inner {
     /// the durable write. The caller fixes the owner's running count.
     fn settle(
         self: &Arc<Self>,
-        owner: &str,
-        epoch: u64,
+        slot: &TaskSlot,
         entry: &mut Entry,
         status: TaskStatus,
         result: Option<Value>,
         error: Option<String>,
     ) {
         let at_ms = self.clock.now_ms();
-        let was_running = entry.summary.status == TaskStatus::Running;
-        entry.summary.status = status;
-        entry.summary.result = result;
-        entry.summary.error = error;
-        entry.summary.completed_at_ms = Some(at_ms);
-        entry.finished_at = Some(Instant::now());
+        let was_running = entry.status == TaskStatus::Running;
+        entry.status = status;
+        entry.result = result;
+        entry.error = error;
+        entry.completed_at_ms = Some(at_ms);
         entry.token = None;
-        if let Some(notify) = &entry.notify {
-            notify.notify_waiters();
-        }
+        slot.finished.notify_waiters();
         if let Some(outbox) = &self.outbox {
             entry.pending_writes += 1;
             outbox.enqueue(
                 self,
                 Job {
-                    task_id: entry.summary.task_id.clone(),
-                    epoch,
+                    task_id: slot.task_id.clone(),
+                    epoch: slot.seq,
                     step: Step::Finish {
                         attempt: entry.durable_attempt,
                         holder: was_running.then(|| self.instance_id.clone()),
                         status,
-                        result: entry.summary.result.clone(),
-                        error: entry.summary.error.clone(),
+                        result: entry.result.clone(),
+                        error: entry.error.clone(),
                         at_ms,
                     },
                 },
             );
         }
-        self.emit(owner, entry, TaskEventKind::Finished { status });
+        self.emit(slot, entry.attempt, TaskEventKind::Finished { status });
     }
 
     /// Output reported by a running task.
     pub(crate) fn emit_output(self: &Arc<Self>, slot: &TaskSlot, value: Value) {
         let mut entry = slot.lock();
-        if entry.summary.status != TaskStatus::Running {
+        if entry.status != TaskStatus::Running {
             return;
         }
-        if self.events.receiver_count() > 0 {
-            self.emit(&slot.owner, &entry, TaskEventKind::Output(value.clone()));
+        if self.listened() {
+            self.emit(slot, entry.attempt, TaskEventKind::Output(value.clone()));
         }
         if let Some(outbox) = &self.outbox {
             entry.output_seq += 1;
@@ -1459,7 +1545,7 @@ impl Inner {
             outbox.enqueue(
                 self,
                 Job {
-                    task_id: entry.summary.task_id.clone(),
+                    task_id: slot.task_id.clone(),
                     epoch: slot.seq,
                     step: Step::Output {
                         attempt: entry.durable_attempt,
@@ -1493,22 +1579,22 @@ impl Inner {
                 return;
             }
             if let Some(attempt) = attempt {
-                entry.summary.attempt = attempt;
+                entry.attempt = attempt;
             }
             let kind = match error {
                 Some((error, permanent)) => {
-                    entry.summary.persistence_error = Some(error.clone());
+                    entry.persistence_error = Some(error.clone());
                     TaskEventKind::PersistenceFailed { error, permanent }
                 }
                 None if drained => {
-                    entry.summary.persistence_error = None;
+                    entry.persistence_error = None;
                     TaskEventKind::Persisted
                 }
                 None => return,
             };
-            self.emit(&slot.owner, &entry, kind);
+            self.emit(&slot, entry.attempt, kind);
         }
-        self.after_finish(&slot.owner);
+        self.after_finish(slot.owner());
     }
 
     /// Drops the owner's terminal tasks that the retention policy no longer
@@ -1517,15 +1603,14 @@ impl Inner {
         if !self.retention.is_active() {
             return;
         }
-        let now = Instant::now();
+        let now_ms = self.clock.now_ms();
         let collectable = reg.collectable(owner);
         let mut keep = collectable.len();
         let max_keep = self.retention.max_terminal_per_owner.unwrap_or(usize::MAX);
-        for (id, finished_at) in collectable {
-            let expired = self
-                .retention
-                .max_age
-                .is_some_and(|age| finished_at.is_some_and(|t| now - t >= age));
+        for (id, finished_at_ms) in collectable {
+            let expired = self.retention.max_age.is_some_and(|age| {
+                finished_at_ms.is_some_and(|t| now_ms.saturating_sub(t) >= duration_ms(age))
+            });
             if expired || keep > max_keep {
                 reg.remove(&id);
                 keep -= 1;

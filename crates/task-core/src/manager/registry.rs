@@ -9,42 +9,106 @@
 //! outbox reports) take only its slot lock, so running tasks never contend on
 //! the registry. Whoever needs both takes the registry lock first; code
 //! holding a slot lock never takes the registry lock.
+//!
+//! # Allocation
+//!
+//! A spawn is on the hot path of every caller, so the registry shares rather
+//! than copies: a task's identity lives once, in its slot, and the id table,
+//! the owner's creation order and the task's context all point at the slot.
+//! Owners and task types are interned (one `Arc` each, shared by all their
+//! tasks). Summaries are built from the slot when asked for.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
 use crate::{RunCancellationToken, TaskId, TaskStatus, TaskSummary};
+
+/// The hasher of the registry's tables: seeded per process, so ids chosen by
+/// callers cannot be crafted to collide, and several times cheaper than
+/// SipHash on short keys.
+pub(crate) type BuildHasher = foldhash::quality::RandomState;
+
+/// Distinct task types interned at most; beyond this, new types are stored
+/// per task (so a caller inventing types cannot grow the table unboundedly).
+const MAX_INTERNED_TYPES: usize = 4096;
+
+/// One owner, shared by its index and by every one of its tasks' slots.
+#[derive(Debug)]
+pub(crate) struct OwnerShared {
+    pub(crate) name: Box<str>,
+    /// How many of the owner's tasks are running.
+    pub(crate) running: AtomicUsize,
+}
 
 /// One epoch of one task: its immutable identity and its locked state.
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
-    pub(crate) owner: String,
+    pub(crate) task_id: TaskId,
+    pub(crate) owner: Arc<OwnerShared>,
+    pub(crate) task_type: Arc<str>,
+    pub(crate) description: String,
+    pub(crate) parent_task_id: Option<TaskId>,
+    /// The task's metadata as JSON text (`None` for `null`): a small JSON
+    /// object as a `Value` costs several hundred bytes, as text a few dozen.
+    pub(crate) metadata: Option<Box<str>>,
+    pub(crate) created_at_ms: u64,
+    pub(crate) supports_resume: bool,
     /// Unique per spawn: the epoch of this slot and its place in the owner's
     /// creation order.
     pub(crate) seq: u64,
-    /// The owner's running count, decremented when this task stops running.
-    pub(crate) owner_running: Arc<AtomicUsize>,
+    /// Woken when the task stops running.
+    pub(crate) finished: Notify,
     state: Mutex<Entry>,
 }
 
+/// What a slot is made from; see [`TaskSlot`].
+#[derive(Debug)]
+pub(crate) struct SlotInit {
+    pub(crate) task_id: TaskId,
+    pub(crate) task_type: Arc<str>,
+    pub(crate) description: String,
+    pub(crate) parent_task_id: Option<TaskId>,
+    pub(crate) metadata: Option<Box<str>>,
+    pub(crate) created_at_ms: u64,
+    pub(crate) supports_resume: bool,
+}
+
 impl TaskSlot {
-    pub(crate) fn new(
-        owner: String,
-        seq: u64,
-        owner_running: Arc<AtomicUsize>,
-        entry: Entry,
-    ) -> Self {
+    pub(crate) fn new(init: SlotInit, owner: Arc<OwnerShared>, seq: u64, entry: Entry) -> Self {
+        let SlotInit {
+            task_id,
+            task_type,
+            description,
+            parent_task_id,
+            metadata,
+            created_at_ms,
+            supports_resume,
+        } = init;
         Self {
+            task_id,
             owner,
+            task_type,
+            description,
+            parent_task_id,
+            metadata,
+            created_at_ms,
+            supports_resume,
             seq,
-            owner_running,
+            finished: Notify::new(),
             state: Mutex::new(entry),
         }
+    }
+
+    /// The owner's id.
+    pub(crate) fn owner(&self) -> &str {
+        &self.owner.name
     }
 
     /// Locks the task's state. Every change is complete at each unlock, so
@@ -56,20 +120,74 @@ impl TaskSlot {
     /// Records that the task stopped running (once: callers check the status
     /// they changed from).
     pub(crate) fn stopped_running(&self) {
-        self.owner_running.fetch_sub(1, Ordering::AcqRel);
+        self.owner.running.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The task's summary as of `entry` (this slot's locked state).
+    pub(crate) fn summary(&self, entry: &Entry) -> TaskSummary {
+        TaskSummary {
+            task_id: self.task_id.clone(),
+            task_type: self.task_type.to_string(),
+            description: self.description.clone(),
+            status: entry.status,
+            error: entry.error.clone(),
+            result: entry.result.clone(),
+            created_at_ms: self.created_at_ms,
+            completed_at_ms: entry.completed_at_ms,
+            parent_task_id: self.parent_task_id.clone(),
+            supports_resume: self.supports_resume,
+            attempt: entry.attempt,
+            // Written by `encode_metadata`, so it parses.
+            metadata: self
+                .metadata
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok())
+                .unwrap_or(Value::Null),
+            persistence_error: entry.persistence_error.clone(),
+        }
+    }
+
+    /// The compact form of a task's metadata.
+    pub(crate) fn encode_metadata(metadata: &Value) -> Option<Box<str>> {
+        if metadata.is_null() {
+            return None;
+        }
+        serde_json::to_string(metadata)
+            .ok()
+            .map(String::into_boxed_str)
+    }
+
+    /// The task's cancellation token, made on first use. A task spawned
+    /// without a caller's token gets one only when something asks for it (its
+    /// context, mostly); it is born cancelled when the task's cancellation
+    /// was already requested or the task no longer runs.
+    pub(crate) fn token(&self) -> RunCancellationToken {
+        let mut entry = self.lock();
+        if let Some(token) = &entry.token {
+            return token.clone();
+        }
+        let token = RunCancellationToken::new();
+        if entry.cancel_requested || entry.shutting_down || entry.status != TaskStatus::Running {
+            token.cancel();
+        } else {
+            entry.token = Some(token.clone());
+        }
+        token
     }
 }
 
 /// The mutable state of one task.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// The summary, except `metadata`, which is kept as JSON text (below)
-    /// and restored by [`Entry::summary`]: a small JSON object as a `Value`
-    /// costs several hundred bytes, as text a few dozen.
-    pub(crate) summary: TaskSummary,
-    /// The task's metadata as JSON text; `None` for `null`.
-    pub(crate) metadata: Option<Box<str>>,
-    /// Dropped once the task has finished: nothing cancels it any more.
+    pub(crate) status: TaskStatus,
+    /// Its attempt: known at spawn, or learnt from the store's first write.
+    pub(crate) attempt: u32,
+    pub(crate) error: Option<String>,
+    pub(crate) result: Option<Value>,
+    pub(crate) completed_at_ms: Option<u64>,
+    pub(crate) persistence_error: Option<String>,
+    /// The caller's token, or the one made on first use; dropped once the
+    /// task has finished: nothing cancels it any more.
     pub(crate) token: Option<RunCancellationToken>,
     pub(crate) cancel_requested: bool,
     /// Interrupted by `shutdown`, not cancelled by a caller.
@@ -81,116 +199,168 @@ pub(crate) struct Entry {
     /// Callers inside `wait` for this epoch: the task is never collected
     /// while there are any.
     pub(crate) waiters: u32,
-    pub(crate) notify: Option<Arc<Notify>>,
     /// Store writes queued and not yet resolved, over all epochs of the id.
     pub(crate) pending_writes: u32,
-    pub(crate) finished_at: Option<Instant>,
     pub(crate) output_seq: u64,
 }
 
 impl Entry {
-    /// The task's summary, with its metadata.
-    pub(crate) fn summary(&self) -> TaskSummary {
-        let mut summary = self.summary.clone();
-        if let Some(text) = &self.metadata {
-            // Written by `encode_metadata`, so it parses.
-            summary.metadata = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    /// The state of a task that starts running now.
+    pub(crate) fn running(
+        attempt: u32,
+        token: Option<RunCancellationToken>,
+        durable_attempt: Option<u32>,
+        pending_writes: u32,
+    ) -> Self {
+        Self {
+            status: TaskStatus::Running,
+            attempt,
+            error: None,
+            result: None,
+            completed_at_ms: None,
+            persistence_error: None,
+            token,
+            cancel_requested: false,
+            shutting_down: false,
+            durable_attempt,
+            abort: None,
+            waiters: 0,
+            pending_writes,
+            output_seq: 0,
         }
-        summary
-    }
-
-    /// The compact form of a task's metadata.
-    pub(crate) fn encode_metadata(metadata: &serde_json::Value) -> Option<Box<str>> {
-        if metadata.is_null() {
-            return None;
-        }
-        serde_json::to_string(metadata)
-            .ok()
-            .map(String::into_boxed_str)
     }
 
     /// Whether retention or `gc_terminal` may drop it: terminal, every write
     /// resolved, nobody waiting.
     pub(crate) fn is_collectable(&self) -> bool {
-        self.summary.status.is_terminal() && self.pending_writes == 0 && self.waiters == 0
+        self.status.is_terminal() && self.pending_writes == 0 && self.waiters == 0
     }
 }
 
+/// A slot in the id table, hashed and compared by its task id, so the table
+/// needs no copy of the id.
+#[derive(Debug, Clone)]
+pub(crate) struct ById(pub(crate) Arc<TaskSlot>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.task_id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The same as hashing the `&str` it borrows as.
+        self.0.task_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.task_id == other.0.task_id
+    }
+}
+
+impl Eq for ById {}
+
 /// An owner's tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct OwnerTasks {
-    /// Task ids in creation order.
-    pub(crate) order: BTreeMap<u64, TaskId>,
-    /// How many are running.
-    pub(crate) running: Arc<AtomicUsize>,
+    pub(crate) shared: Arc<OwnerShared>,
+    /// The owner's slots in creation order.
+    pub(crate) order: BTreeMap<u64, Arc<TaskSlot>>,
     /// Children by parent task id, for `cancel_tree`.
-    pub(crate) children: HashMap<TaskId, Vec<TaskId>>,
+    pub(crate) children: HashMap<TaskId, Vec<TaskId>, BuildHasher>,
 }
 
 /// Every live task of a manager.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    pub(crate) tasks: HashMap<TaskId, Arc<TaskSlot>>,
-    pub(crate) owners: HashMap<String, OwnerTasks>,
+    pub(crate) tasks: HashSet<ById, BuildHasher>,
+    pub(crate) owners: HashMap<Box<str>, OwnerTasks, BuildHasher>,
+    types: HashSet<Arc<str>, BuildHasher>,
     pub(crate) next_seq: u64,
     pub(crate) closed: bool,
 }
 
 impl Registry {
+    /// The current slot of a task id, whoever owns it.
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<TaskSlot>> {
+        self.tasks.get(id).map(|k| &k.0)
+    }
+
     /// The slot of `id` if `owner` owns it: another owner's task is
     /// indistinguishable from an unknown one.
     pub(crate) fn visible(&self, owner: &str, id: &str) -> Option<&Arc<TaskSlot>> {
-        self.tasks.get(id).filter(|s| s.owner == owner)
+        self.get(id).filter(|s| s.owner() == owner)
     }
 
-    /// The running counter of `owner`, created with its index if needed.
-    pub(crate) fn owner_running(&mut self, owner: &str) -> Arc<AtomicUsize> {
-        match self.owners.get(owner) {
-            Some(o) => Arc::clone(&o.running),
-            None => {
-                let index = OwnerTasks::default();
-                let running = Arc::clone(&index.running);
-                self.owners.insert(owner.to_owned(), index);
-                running
+    /// Whether the owner has a running task.
+    pub(crate) fn has_running(&self, owner: &str) -> bool {
+        self.owners
+            .get(owner)
+            .is_some_and(|o| o.shared.running.load(Ordering::Acquire) > 0)
+    }
+
+    /// The shared record of `owner`, created with its index if needed.
+    pub(crate) fn owner(&mut self, owner: &str) -> Arc<OwnerShared> {
+        if let Some(o) = self.owners.get(owner) {
+            return Arc::clone(&o.shared);
+        }
+        let shared = Arc::new(OwnerShared {
+            name: owner.into(),
+            running: AtomicUsize::new(0),
+        });
+        self.owners.insert(
+            owner.into(),
+            OwnerTasks {
+                shared: Arc::clone(&shared),
+                order: BTreeMap::new(),
+                children: HashMap::default(),
+            },
+        );
+        shared
+    }
+
+    /// The interned form of a task type.
+    pub(crate) fn task_type(&mut self, task_type: &str) -> Arc<str> {
+        if let Some(t) = self.types.get(task_type) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = task_type.into();
+        if self.types.len() < MAX_INTERNED_TYPES {
+            self.types.insert(Arc::clone(&t));
+        }
+        t
+    }
+
+    /// Inserts a new, running task and indexes it. Its owner's index exists
+    /// ([`owner`](Self::owner) made the slot's owner record).
+    pub(crate) fn insert(&mut self, slot: Arc<TaskSlot>) {
+        if let Some(owner) = self.owners.get_mut(slot.owner()) {
+            owner.order.insert(slot.seq, Arc::clone(&slot));
+            owner.shared.running.fetch_add(1, Ordering::AcqRel);
+            if let Some(parent) = &slot.parent_task_id {
+                owner
+                    .children
+                    .entry(parent.clone())
+                    .or_default()
+                    .push(slot.task_id.clone());
             }
         }
-    }
-
-    /// Inserts a new, running task and indexes it.
-    pub(crate) fn insert(&mut self, id: TaskId, slot: Arc<TaskSlot>, parent: Option<&TaskId>) {
-        // `owner_running` created the owner's index for this spawn.
-        let owner = match self.owners.get_mut(&slot.owner) {
-            Some(owner) => owner,
-            None => self.owners.entry(slot.owner.clone()).or_default(),
-        };
-        owner.order.insert(slot.seq, id.clone());
-        owner.running.fetch_add(1, Ordering::AcqRel);
-        if let Some(parent) = parent {
-            owner
-                .children
-                .entry(parent.clone())
-                .or_default()
-                .push(id.clone());
-        }
-        self.tasks.insert(id, slot);
+        self.tasks.insert(ById(slot));
     }
 
     /// Removes a task and its index entries.
     pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<TaskSlot>> {
-        let slot = self.tasks.remove(id)?;
-        let (running, parent) = {
-            let entry = slot.lock();
-            (
-                entry.summary.status == TaskStatus::Running,
-                entry.summary.parent_task_id.clone(),
-            )
-        };
-        if let Some(owner) = self.owners.get_mut(&slot.owner) {
+        let slot = self.tasks.take(id)?.0;
+        let running = slot.lock().status == TaskStatus::Running;
+        if let Some(owner) = self.owners.get_mut(slot.owner()) {
             owner.order.remove(&slot.seq);
             if running {
                 slot.stopped_running();
             }
-            if let Some(parent) = &parent
+            if let Some(parent) = &slot.parent_task_id
                 && let Some(siblings) = owner.children.get_mut(parent)
             {
                 siblings.retain(|c| c != id);
@@ -199,7 +369,7 @@ impl Registry {
                 }
             }
             if owner.order.is_empty() {
-                self.owners.remove(&slot.owner);
+                self.owners.remove(slot.owner());
             }
         }
         Some(slot)
@@ -212,7 +382,7 @@ impl Registry {
         let Some(index) = self.owners.get(owner) else {
             return Vec::new();
         };
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: HashSet<&str, BuildHasher> = HashSet::default();
         let mut out = Vec::new();
         let mut queue: VecDeque<&str> = VecDeque::from([root]);
         while let Some(id) = queue.pop_front() {
@@ -236,18 +406,17 @@ impl Registry {
             .get(owner)
             .into_iter()
             .flat_map(|o| o.order.values())
-            .filter_map(|id| self.tasks.get(id))
     }
 
     /// The collectable task ids of `owner` in creation order, with when each
-    /// finished.
-    pub(crate) fn collectable(&self, owner: &str) -> Vec<(TaskId, Option<Instant>)> {
+    /// finished (milliseconds of the manager's clock).
+    pub(crate) fn collectable(&self, owner: &str) -> Vec<(TaskId, Option<u64>)> {
         self.owner_slots(owner)
             .filter_map(|slot| {
                 let entry = slot.lock();
                 entry
                     .is_collectable()
-                    .then(|| (entry.summary.task_id.clone(), entry.finished_at))
+                    .then(|| (slot.task_id.clone(), entry.completed_at_ms))
             })
             .collect()
     }
