@@ -18,6 +18,7 @@ mockall::mock! {
         // implemented by hand below because mockall cannot mock `signals`
         // (it returns a reference borrowed from `self`).
         fn create(&self, thread: Thread) -> Result<Committed>;
+        fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>>;
         fn append(
             &self,
             id: &str,
@@ -41,6 +42,9 @@ mockall::mock! {
 impl ThreadWriter for MockStore {
     async fn create(&self, thread: Thread) -> Result<Committed> {
         MockStore::create(self, thread)
+    }
+    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+        MockStore::create_batch(self, threads)
     }
     async fn append(
         &self,

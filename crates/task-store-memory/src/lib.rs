@@ -387,6 +387,26 @@ impl ThreadWriter for MemoryStore {
         Ok(inner.insert(thread))
     }
 
+    /// Validates every thread first, then creates them in order under one
+    /// lock.
+    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+        let checked: Vec<_> = threads
+            .into_iter()
+            .map(|thread| validate_thread(&thread).map(|()| thread))
+            .collect();
+        let mut inner = self.lock();
+        checked
+            .into_iter()
+            .map(|thread| {
+                let thread = thread?;
+                if inner.threads.contains_key(&thread.id) {
+                    return Err(ThreadStoreError::AlreadyExists { id: thread.id });
+                }
+                Ok(inner.insert(thread))
+            })
+            .collect()
+    }
+
     async fn append(
         &self,
         id: &str,

@@ -725,6 +725,14 @@ impl ThreadWriter for RedisStore {
         self.write_thread("create", &thread).await
     }
 
+    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+        let mut results = Vec::with_capacity(threads.len());
+        for thread in threads {
+            results.push(self.create(thread).await);
+        }
+        results
+    }
+
     async fn append(
         &self,
         id: &str,

@@ -38,7 +38,9 @@
 //! suite of `task-testkit` that checks them.
 //!
 //! - **Atomic writes.** `create`, `append` and `save` apply all of their
-//!   change (state, messages, finished mark, index entries) or none of it.
+//!   change (state, messages, finished mark, index entries) or none of it;
+//!   so does each item of `append_batch` and `create_batch` on its own (a
+//!   batch is not atomic as a whole).
 //!   `create` writes the initial state in the same step as the record: there
 //!   is no moment where a thread exists without its state.
 //! - **Versions.** A thread is at version 1 after `create`; each write that

@@ -46,6 +46,10 @@ impl<S: ThreadStore> ThreadWriter for IgnoresPreconditions<S> {
         self.inner.create(thread).await
     }
 
+    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+        self.inner.create_batch(threads).await
+    }
+
     async fn append(
         &self,
         id: &str,

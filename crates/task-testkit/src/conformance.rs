@@ -173,6 +173,11 @@ macro_rules! conformance_tests {
                 append_batch_returns_one_result_per_request,
                 terminal_mark_round_trips,
                 ids_with_special_characters_round_trip,
+                create_batch_round_trips_many_threads,
+                create_batch_refuses_taken_and_invalid_items_alone,
+                create_batch_with_a_repeated_id_creates_the_first,
+                create_batch_racing_create_has_one_winner_per_id,
+                create_batch_of_nothing_returns_nothing,
             }
         }
     };
@@ -2568,6 +2573,459 @@ pub async fn ids_with_special_characters_round_trip(
         cx.store.delete(&first).await.ctx("delete")?;
         let head = cx.store.load(&first).await.ctx("load after delete")?;
         ensure!(head.is_none(), "delete of {first:?} left {head:?}");
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// Creating in batches
+// ---------------------------------------------------------------------------
+
+/// A thread shaped like a finished task of the task layer: a state, two
+/// messages with ids (and a repeat of the first id, to be skipped), a parent
+/// from `parents`, and the finished mark on every other thread.
+fn batch_thread(cx: &Cx, i: usize, id: &str, parents: usize) -> Thread {
+    let mut thread = Thread::new(id, cx.name("task"))
+        .with_parent(cx.name(&format!("owner{}", i % parents)))
+        .with_metadata(metadata(json!({ "n": i })))
+        .with_state(json!({ "status": "completed", "n": i, "text": "ünï ✓" }))
+        .with_message(NewMessage::with_id(
+            "a1:start",
+            json!({ "event": "start", "n": i }),
+        ))
+        .with_message(NewMessage::with_id(
+            "a1:finish",
+            json!({ "event": "finish", "n": i }),
+        ))
+        .with_message(NewMessage::with_id("a1:start", json!("a repeat, skipped")));
+    thread.terminal = i.is_multiple_of(2);
+    thread
+}
+
+/// `create_batch` of many threads creates each at version 1 with its state, metadata, messages (repeated ids skipped), finished mark and index entries, one result per thread in order.
+pub async fn create_batch_round_trips_many_threads(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    // More than one chunk of any sensible backend, and more than one page.
+    const THREADS: usize = 1100;
+    const PARENTS: usize = 7;
+    run(store, prefix, |cx| async move {
+        let ids: Vec<String> = (0..THREADS).map(|i| cx.id(&format!("t{i:04}"))).collect();
+        let threads: Vec<Thread> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| batch_thread(&cx, i, id, PARENTS))
+            .collect();
+        let results = cx.store.create_batch(threads.clone()).await;
+        ensure_eq!(results.len(), THREADS, "results of a batch of {THREADS}");
+        for (i, result) in results.into_iter().enumerate() {
+            let committed = result.ctx(format_args!("item {i} of the batch"))?;
+            ensure_eq!(
+                committed,
+                Committed {
+                    version: 1,
+                    last_seq: 2,
+                    appended: 2,
+                    skipped: 1
+                },
+                "item {i}'s result"
+            );
+        }
+
+        for (chunk_ids, chunk_threads) in ids.chunks(64).zip(threads.chunks(64)) {
+            let cx = &cx;
+            let loads = chunk_ids.iter().map(|id| async move {
+                let head = cx.load(id).await?;
+                let messages = cx.messages(id).await?;
+                Ok::<_, String>((head, messages))
+            });
+            for (outcome, thread) in futures::future::join_all(loads)
+                .await
+                .into_iter()
+                .zip(chunk_threads)
+            {
+                let (head, messages) = outcome?;
+                let expected = ThreadHead {
+                    id: thread.id.clone(),
+                    kind: thread.kind.clone(),
+                    parent_id: thread.parent_id.clone(),
+                    metadata: thread.metadata.clone(),
+                    state: thread.state.clone(),
+                    version: 1,
+                    last_seq: 2,
+                    terminal: thread.terminal,
+                };
+                ensure_eq!(head, expected, "the head of {:?}", thread.id);
+                let expected: Vec<Message> = thread.messages[..2]
+                    .iter()
+                    .zip(1..)
+                    .map(|(m, seq)| Message {
+                        seq,
+                        id: m.id.clone(),
+                        body: m.body.clone(),
+                    })
+                    .collect();
+                ensure_eq!(messages, expected, "the log of {:?}", thread.id);
+            }
+        }
+
+        for p in 0..PARENTS {
+            let parent = cx.name(&format!("owner{p}"));
+            let expected: Vec<String> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % PARENTS == p)
+                .map(|(_, id)| id.clone())
+                .collect();
+            ensure_eq!(
+                cx.list_pages(ThreadQuery::by_parent(&parent).with_limit(50))
+                    .await?,
+                expected,
+                "listing by the parent {parent:?}"
+            );
+            ensure_eq!(
+                cx.list_pages(ThreadQuery::by_parent(&parent).with_kind(cx.name("task")))
+                    .await?,
+                expected,
+                "listing by the parent {parent:?} and the kind"
+            );
+        }
+        ensure_eq!(
+            cx.list_pages(ThreadQuery::by_kind(cx.name("task"))).await?,
+            ids,
+            "listing by the kind"
+        );
+
+        // The message ids were recorded: a retried message is skipped, a new
+        // one continues the log, and the version checks hold.
+        for id in [&ids[0], &ids[1], &ids[THREADS - 1]] {
+            let committed = cx
+                .append(
+                    id,
+                    ChangeSet::default()
+                        .with_message(NewMessage::with_id("a1:finish", json!("again")))
+                        .with_message(NewMessage::with_id("a2:start", json!("next"))),
+                    VersionPrecondition::Exact(1),
+                )
+                .await?;
+            ensure_eq!(
+                committed,
+                Committed {
+                    version: 2,
+                    last_seq: 3,
+                    appended: 1,
+                    skipped: 1
+                },
+                "an append to the batch-created {id:?}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// In a `create_batch`, a taken id gets `AlreadyExists` and is left as it was, an invalid item gets `InvalidInput` and nothing is written for it, and the other items are created.
+pub async fn create_batch_refuses_taken_and_invalid_items_alone(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    run(store, prefix, |cx| async move {
+        let kind = cx.name("kind");
+        let taken = cx.id("taken");
+        cx.create(
+            Thread::new(&taken, &kind)
+                .with_parent(cx.name("first-parent"))
+                .with_state(json!("first"))
+                .with_message(NewMessage::with_id("m", json!(1))),
+        )
+        .await?;
+        let before = cx.load(&taken).await?;
+        let (a, b, c) = (cx.id("a"), cx.id("b"), cx.id("c"));
+        let bad_message = cx.id("bad-message");
+        let bad_parent = cx.id("bad-parent");
+        let other_parent = cx.name("other-parent");
+        let thread = |id: &str, state: &str| {
+            Thread::new(id, &kind)
+                .with_parent(&other_parent)
+                .with_state(json!(state))
+                .with_message(NewMessage::with_id("m", json!(state)))
+        };
+        let results = cx
+            .store
+            .create_batch(vec![
+                thread(&a, "a"),
+                thread(&taken, "second"),
+                thread(&format!("{}bad\nid", cx.prefix), "bad id"),
+                thread(&b, "b"),
+                thread(&bad_message, "bad message")
+                    .with_message(NewMessage::with_id("", json!("empty id"))),
+                thread(&bad_parent, "bad parent").with_parent(format!("{}p\0", cx.prefix)),
+                thread(&c, "c"),
+            ])
+            .await;
+        ensure_eq!(results.len(), 7, "results of a batch of 7");
+        let mut results = results.into_iter();
+        let mut next = || {
+            results
+                .next()
+                .ok_or_else(|| "a result is missing".to_owned())
+        };
+        ensure_eq!(
+            next()?.ctx("item 0 (fresh)")?.version,
+            1,
+            "item 0's version"
+        );
+        let error = expect_err!(
+            next()?,
+            ThreadStoreError::AlreadyExists { .. },
+            "item 1 (a taken id)"
+        );
+        if let ThreadStoreError::AlreadyExists { id } = &error {
+            ensure_eq!(id, &taken, "the id named by AlreadyExists");
+        }
+        expect_err!(
+            next()?,
+            ThreadStoreError::InvalidInput { .. },
+            "item 2 (an invalid id)"
+        );
+        ensure_eq!(
+            next()?.ctx("item 3 (fresh)")?.version,
+            1,
+            "item 3's version"
+        );
+        expect_err!(
+            next()?,
+            ThreadStoreError::InvalidInput { .. },
+            "item 4 (an invalid message id)"
+        );
+        expect_err!(
+            next()?,
+            ThreadStoreError::InvalidInput { .. },
+            "item 5 (an invalid parent)"
+        );
+        ensure_eq!(
+            next()?.ctx("item 6 (fresh)")?.version,
+            1,
+            "item 6's version"
+        );
+
+        ensure_eq!(cx.load(&taken).await?, before, "the taken thread's head");
+        ensure_eq!(
+            cx.messages(&taken).await?.len(),
+            1,
+            "the taken thread's log"
+        );
+        for refused in [&bad_message, &bad_parent] {
+            let head = cx.store.load(refused).await.ctx("load a refused item")?;
+            ensure!(head.is_none(), "a refused item was written: {head:?}");
+        }
+        for (id, state) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+            let head = cx.load(id).await?;
+            ensure_eq!(
+                (head.version, head.state),
+                (1, json!(state)),
+                "the created {id:?}"
+            );
+        }
+        let mut expected = vec![a.clone(), b.clone(), c.clone()];
+        expected.sort();
+        ensure_eq!(
+            cx.list_pages(ThreadQuery::by_parent(&other_parent)).await?,
+            expected,
+            "listing the batch's parent (the taken and refused items are not there)"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// An id given twice in one `create_batch` is created by its first valid item; the later one gets `AlreadyExists` and the first stays.
+pub async fn create_batch_with_a_repeated_id_creates_the_first(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    run(store, prefix, |cx| async move {
+        let kind = cx.name("kind");
+        let (twice, refused_first) = (cx.id("twice"), cx.id("refused-first"));
+        let (first_parent, second_parent) = (cx.name("first-parent"), cx.name("second-parent"));
+        let thread = |id: &str, parent: &str, who: &str| {
+            Thread::new(id, &kind)
+                .with_parent(parent)
+                .with_state(json!({ "who": who }))
+                .with_message(NewMessage::with_id(who, json!(who)))
+        };
+        let results = cx
+            .store
+            .create_batch(vec![
+                thread(&twice, &first_parent, "first"),
+                // An invalid item does not take its id.
+                thread(&refused_first, &second_parent, "invalid")
+                    .with_message(NewMessage::with_id("", json!(0))),
+                thread(&twice, &second_parent, "second"),
+                thread(&refused_first, &first_parent, "valid"),
+                thread(&refused_first, &second_parent, "third"),
+            ])
+            .await;
+        ensure_eq!(results.len(), 5, "results of a batch of 5");
+        let mut results = results.into_iter();
+        let mut next = || {
+            results
+                .next()
+                .ok_or_else(|| "a result is missing".to_owned())
+        };
+        ensure_eq!(
+            next()?.ctx("item 0 (the first of the id)")?.version,
+            1,
+            "item 0's version"
+        );
+        expect_err!(
+            next()?,
+            ThreadStoreError::InvalidInput { .. },
+            "item 1 (an invalid message id)"
+        );
+        expect_err!(
+            next()?,
+            ThreadStoreError::AlreadyExists { .. },
+            "item 2 (the id of item 0 again)"
+        );
+        ensure_eq!(
+            next()?
+                .ctx("item 3 (the id of the invalid item 1)")?
+                .version,
+            1,
+            "item 3's version"
+        );
+        expect_err!(
+            next()?,
+            ThreadStoreError::AlreadyExists { .. },
+            "item 4 (the id of item 3 again)"
+        );
+
+        for (id, who) in [(&twice, "first"), (&refused_first, "valid")] {
+            let head = cx.load(id).await?;
+            ensure_eq!(
+                (head.version, head.state, head.parent_id),
+                (1, json!({ "who": who }), Some(first_parent.clone())),
+                "the stored {id:?}"
+            );
+            ensure_eq!(
+                message_ids(&cx.messages(id).await?),
+                vec![Some(who)],
+                "the log of {id:?}"
+            );
+        }
+        let listed = cx
+            .list_pages(ThreadQuery::by_parent(&second_parent))
+            .await?;
+        ensure!(
+            listed.is_empty(),
+            "refused items were indexed under their parent: {listed:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// `create_batch`es and `create`s of the same ids racing from concurrent tasks have exactly one winner per id, whose thread is the one stored.
+pub async fn create_batch_racing_create_has_one_winner_per_id(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    const IDS: usize = 40;
+    const BATCHERS: usize = 4;
+    const CREATORS: usize = 4;
+    run(store, prefix, |cx| async move {
+        let kind = cx.name("kind");
+        let ids: Vec<String> = (0..IDS).map(|i| cx.id(&format!("t{i:02}"))).collect();
+        let thread = |id: &str, contender: usize| {
+            Thread::new(id, &kind)
+                .with_state(json!({ "contender": contender }))
+                .with_message(NewMessage::with_id(format!("c{contender}"), json!(contender)))
+        };
+        let barrier = Arc::new(Barrier::new(BATCHERS + CREATORS));
+        let mut handles = Vec::new();
+        for batcher in 0..BATCHERS {
+            // Each batch walks the ids from another starting point.
+            let mut threads: Vec<Thread> = ids.iter().map(|id| thread(id, batcher)).collect();
+            threads.rotate_left(batcher * IDS / BATCHERS);
+            let (store, barrier) = (Arc::clone(&cx.store), Arc::clone(&barrier));
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let ids: Vec<String> = threads.iter().map(|t| t.id.clone()).collect();
+                ids.into_iter()
+                    .zip(store.create_batch(threads).await)
+                    .collect::<Vec<_>>()
+            }));
+        }
+        for creator in BATCHERS..BATCHERS + CREATORS {
+            let threads: Vec<Thread> = ids.iter().rev().map(|id| thread(id, creator)).collect();
+            let (store, barrier) = (Arc::clone(&cx.store), Arc::clone(&barrier));
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let mut results = Vec::new();
+                for thread in threads {
+                    let id = thread.id.clone();
+                    results.push((id, store.create(thread).await));
+                }
+                results
+            }));
+        }
+        let mut winners: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (contender, results) in join_workers(handles).await?.into_iter().enumerate() {
+            ensure_eq!(results.len(), IDS, "contender {contender}'s results");
+            for (id, result) in results {
+                match result {
+                    Ok(committed) => {
+                        ensure_eq!(committed.version, 1, "a winner's version");
+                        winners.entry(id).or_default().push(contender);
+                    }
+                    Err(ThreadStoreError::AlreadyExists { .. }) => {}
+                    Err(other) => {
+                        return Err(format!(
+                            "contender {contender} on {id:?}: expected success or AlreadyExists, got {other:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        for id in &ids {
+            let won = winners.get(id).cloned().unwrap_or_default();
+            ensure!(
+                won.len() == 1,
+                "{id:?} was created by {} contenders: {won:?}",
+                won.len()
+            );
+            let head = cx.load(id).await?;
+            ensure_eq!(
+                (head.version, head.state, head.last_seq),
+                (1, json!({ "contender": won[0] }), 1),
+                "the stored {id:?}"
+            );
+        }
+        ensure_eq!(
+            cx.list_pages(ThreadQuery::by_kind(&kind)).await?,
+            ids,
+            "listing by the kind after the race"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// `create_batch` of no threads returns no results.
+pub async fn create_batch_of_nothing_returns_nothing(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    run(store, prefix, |cx| async move {
+        let results = cx.store.create_batch(Vec::new()).await;
+        ensure!(
+            results.is_empty(),
+            "an empty batch gave {} results",
+            results.len()
+        );
         Ok(())
     })
     .await

@@ -19,7 +19,8 @@ pub const SEED_ENV: &str = "FLAKY_STORE_SEED";
 /// A store operation that faults can be bound to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Operation {
-    /// [`ThreadWriter::create`].
+    /// [`ThreadWriter::create`], and each thread of
+    /// [`ThreadWriter::create_batch`].
     Create,
     /// [`ThreadWriter::append`], and each request of
     /// [`ThreadWriter::append_batch`].
@@ -342,9 +343,11 @@ impl FaultCounts {
 /// time works), all the hangs that fired are waited for, and the first
 /// failure that fired ([`Effect::Fail`] or [`Effect::CommitThenFail`])
 /// decides the outcome. In [`append_batch`](ThreadWriter::append_batch) each
-/// request counts as one [`Operation::Append`]; the batch sleeps the longest
-/// latency among its requests, and the requests that do not fail are sent to
-/// the inner store as one batch.
+/// request counts as one [`Operation::Append`], and in
+/// [`create_batch`](ThreadWriter::create_batch) each thread as one
+/// [`Operation::Create`] (so a plan for `create` applies to batched creates
+/// too); a batch sleeps the longest latency among its items, and the items
+/// that do not fail are sent to the inner store as one batch.
 pub struct FlakyStore {
     inner: Arc<dyn ThreadStore>,
     seed: u64,
@@ -567,6 +570,58 @@ impl FlakyStore {
             }
         }
     }
+
+    /// Runs a batch through the plan of `operation`, each item counting as
+    /// one call: the longest latency among the items is slept, every hang
+    /// waited for, the items that do not fail are sent to the inner store as
+    /// one batch (through `send`), and each item gets its own outcome.
+    async fn run_batch<R, F, Fut>(
+        &self,
+        operation: Operation,
+        items: Vec<R>,
+        send: F,
+    ) -> Vec<Result<Committed>>
+    where
+        F: FnOnce(Vec<R>) -> Fut,
+        Fut: Future<Output = Vec<Result<Committed>>>,
+    {
+        let decisions: Vec<Decision> = {
+            let mut plan = self.plan();
+            items.iter().map(|_| plan.decide(operation)).collect()
+        };
+        let delay = decisions.iter().map(|d| d.delay).max().unwrap_or_default();
+        let hangs: Vec<HangHandle> = decisions
+            .iter()
+            .flat_map(|d| d.hangs.iter().cloned())
+            .collect();
+        wait(delay, &hangs).await;
+
+        let mut sent = Vec::new();
+        for (item, decision) in items.into_iter().zip(&decisions) {
+            if !matches!(decision.outcome, Outcome::Fail(_)) {
+                sent.push(item);
+            }
+        }
+        let mut answers = send(sent).await.into_iter();
+        decisions
+            .iter()
+            .map(|decision| match decision.outcome {
+                Outcome::Fail(kind) => Err(self.error(operation, decision.call, kind)),
+                Outcome::Proceed => answers.next().unwrap_or_else(|| {
+                    Err(ThreadStoreError::Backend {
+                        message: format!(
+                            "the inner store returned fewer {operation} batch results than items"
+                        ),
+                        source: None,
+                    })
+                }),
+                Outcome::CommitThenFail => {
+                    let _ = answers.next();
+                    Err(self.ambiguous(operation, decision.call))
+                }
+            })
+            .collect()
+    }
 }
 
 async fn wait(delay: Duration, hangs: &[HangHandle]) {
@@ -612,6 +667,13 @@ impl ThreadWriter for FlakyStore {
         self.run(Operation::Create, self.inner.create(thread)).await
     }
 
+    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+        self.run_batch(Operation::Create, threads, |sent| {
+            self.inner.create_batch(sent)
+        })
+        .await
+    }
+
     async fn append(
         &self,
         id: &str,
@@ -626,44 +688,10 @@ impl ThreadWriter for FlakyStore {
     }
 
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
-        let decisions: Vec<Decision> = {
-            let mut plan = self.plan();
-            requests
-                .iter()
-                .map(|_| plan.decide(Operation::Append))
-                .collect()
-        };
-        let delay = decisions.iter().map(|d| d.delay).max().unwrap_or_default();
-        let hangs: Vec<HangHandle> = decisions
-            .iter()
-            .flat_map(|d| d.hangs.iter().cloned())
-            .collect();
-        wait(delay, &hangs).await;
-
-        let mut sent = Vec::new();
-        for (request, decision) in requests.into_iter().zip(&decisions) {
-            if !matches!(decision.outcome, Outcome::Fail(_)) {
-                sent.push(request);
-            }
-        }
-        let mut answers = self.inner.append_batch(sent).await.into_iter();
-        decisions
-            .iter()
-            .map(|decision| match decision.outcome {
-                Outcome::Fail(kind) => Err(self.error(Operation::Append, decision.call, kind)),
-                Outcome::Proceed => answers.next().unwrap_or_else(|| {
-                    Err(ThreadStoreError::Backend {
-                        message: "the inner store returned fewer batch results than requests"
-                            .into(),
-                        source: None,
-                    })
-                }),
-                Outcome::CommitThenFail => {
-                    let _ = answers.next();
-                    Err(self.ambiguous(Operation::Append, decision.call))
-                }
-            })
-            .collect()
+        self.run_batch(Operation::Append, requests, |sent| {
+            self.inner.append_batch(sent)
+        })
+        .await
     }
 
     async fn save(&self, thread: Thread) -> Result<Committed> {

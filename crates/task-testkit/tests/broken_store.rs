@@ -96,6 +96,11 @@ async fn broken_store_still_passes_cases_without_preconditions() {
             .await,
         ),
         (
+            "create_batch_round_trips_many_threads",
+            conformance::create_batch_round_trips_many_threads(broken_store(), &fresh_prefix())
+                .await,
+        ),
+        (
             "concurrent_any_appends_all_commit",
             conformance::concurrent_any_appends_all_commit(broken_store(), &fresh_prefix()).await,
         ),

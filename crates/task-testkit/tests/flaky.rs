@@ -271,6 +271,51 @@ async fn batch_requests_count_as_appends() {
 }
 
 #[tokio::test]
+async fn batched_creates_count_as_creates() {
+    let store = FlakyStore::with_seed(Arc::new(MemoryStore::new()), 11);
+    store.fail_next(Operation::Create, 1);
+    store.inject(
+        Operation::Create,
+        Fault::commit_then_fail().with_trigger(Trigger::EveryNth(3)),
+    );
+    let results = store
+        .create_batch(
+            ["a", "b", "c", "d"]
+                .into_iter()
+                .map(|id| Thread::new(id, "task"))
+                .collect(),
+        )
+        .await;
+    assert_eq!(results.len(), 4);
+    assert!(
+        matches!(results[0], Err(ThreadStoreError::Unavailable { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert_eq!(results[1].as_ref().expect("b is created").version, 1);
+    assert!(
+        matches!(results[2], Err(ThreadStoreError::Timeout { .. })),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(results[3].as_ref().expect("d is created").version, 1);
+    let inner = store.inner();
+    assert_eq!(inner.load("a").await.expect("load"), None, "a never ran");
+    for id in ["b", "c", "d"] {
+        assert!(
+            inner.load(id).await.expect("load").is_some(),
+            "{id} was applied"
+        );
+    }
+    let counts = store.counts(Operation::Create);
+    assert_eq!(
+        (counts.calls, counts.failed, counts.committed_then_failed),
+        (4, 1, 1)
+    );
+    assert_eq!(store.remaining_failures(), 0);
+}
+
+#[tokio::test]
 async fn hang_holds_a_call_until_released() {
     let store = Arc::new(flaky_with_thread(11).await);
     let gate = HangHandle::new();
