@@ -32,7 +32,8 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
-/// A task as it is stored durably (the state of thread `task:<id>`).
+/// A task as it is stored durably (the state of thread `task:<id>`). Fields
+/// at their default (`None`, `false`, `null`) are left out of the JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     /// The task's id.
@@ -46,38 +47,38 @@ pub struct TaskRecord {
     /// Its status.
     pub status: TaskStatus,
     /// Why it failed, when it did.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Its result, when it completed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     /// The task that spawned it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task_id: Option<TaskId>,
     /// Whether it can be resumed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supports_resume: bool,
     /// Its attempt, from 1.
     pub attempt: u32,
     /// The caller's metadata.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub metadata: Value,
     /// When the current attempt started (ms since the Unix epoch).
     pub created_at_ms: u64,
     /// When the record last changed.
     pub updated_at_ms: u64,
     /// When the current attempt finished.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<u64>,
     /// When a cancellation was requested, if one was.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested_at_ms: Option<u64>,
     /// Who runs it, while it runs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
     /// A unique id of the start (or resume) that began the current attempt,
     /// so a retried start is recognised as the same one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use task_store::{
-    ChangeSet, NewMessage, Thread, ThreadQuery, ThreadReaderExt, ThreadStore, ThreadStoreError,
-    VersionPrecondition,
+    AppendRequest, ChangeSet, NewMessage, Thread, ThreadQuery, ThreadReaderExt, ThreadStore,
+    ThreadStoreError, VersionPrecondition,
 };
 
 use crate::model::{now_ms, type_supports_resume, validate_task_id, validate_task_input};
@@ -254,7 +254,6 @@ impl TaskStore {
         mut known: Known,
         mut decide: impl FnMut(Option<&TaskRecord>) -> Result<Plan, TaskError>,
     ) -> Result<VersionedRecord, TaskError> {
-        let thread_id = Self::thread_id(task_id);
         let mut last_conflict = None;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let current = match std::mem::replace(&mut known, Known::Unknown) {
@@ -263,56 +262,104 @@ impl TaskStore {
                 Known::Unknown => self.load_versioned(task_id).await?,
             };
             let plan = decide(current.as_ref().map(|c| &c.record))?;
-            let result = match (&current, plan.record) {
-                (None, None) => return Err(TaskError::unknown(task_id)),
-                (None, Some(record)) => {
-                    let thread = Thread {
-                        terminal: record.status.is_terminal(),
-                        ..Thread::new(thread_id.clone(), TASK_KIND)
-                            .with_parent(record.owner_thread_id.clone())
-                            .with_state(encode(&record)?)
-                    };
-                    let thread = Thread {
-                        messages: plan.messages,
-                        ..thread
-                    };
+            let result = match self.prepare(task_id, current.as_ref(), plan)? {
+                Prepared::Unchanged(current) => return Ok(current),
+                Prepared::Create { thread, record } => {
                     self.store.create(thread).await.map(|c| VersionedRecord {
                         record,
                         version: c.version,
                     })
                 }
-                (Some(cur), None) if plan.messages.is_empty() => return Ok(cur.clone()),
-                (Some(cur), record) => {
-                    let changes = ChangeSet {
-                        terminal: record
-                            .as_ref()
-                            .filter(|r| r.status != cur.record.status)
-                            .map(|r| r.status.is_terminal()),
-                        state: record.as_ref().map(encode).transpose()?,
-                        messages: plan.messages,
-                    };
-                    let record = record.unwrap_or_else(|| cur.record.clone());
-                    self.store
-                        .append(&thread_id, changes, VersionPrecondition::Exact(cur.version))
-                        .await
-                        .map(|c| VersionedRecord {
-                            record,
-                            version: c.version,
-                        })
-                }
+                Prepared::Append { request, record } => self
+                    .store
+                    .append(&request.id, request.changes, request.precondition)
+                    .await
+                    .map(|c| VersionedRecord {
+                        record,
+                        version: c.version,
+                    }),
             };
             match result {
                 Ok(written) => return Ok(written),
-                Err(
-                    e @ (ThreadStoreError::VersionConflict { .. }
-                    | ThreadStoreError::AlreadyExists { .. }
-                    | ThreadStoreError::NotFound { .. }),
-                ) => last_conflict = Some(e),
+                Err(e) if is_conflict(&e) => last_conflict = Some(e),
                 Err(e) => return Err(e.into()),
             }
         }
         Err(last_conflict.map_or_else(|| TaskError::unknown(task_id), TaskError::Store))
     }
+
+    /// Turns a plan decided on `current` (the record as believed stored)
+    /// into the write that makes it so: a create when there is no record, an
+    /// append with `Exact(version)` when there is, or nothing.
+    ///
+    /// # Errors
+    ///
+    /// `UnknownTask` when there is no record and the plan makes none;
+    /// `Corrupt` when the record cannot be encoded.
+    pub(crate) fn prepare(
+        &self,
+        task_id: &str,
+        current: Option<&VersionedRecord>,
+        plan: Plan,
+    ) -> Result<Prepared, TaskError> {
+        match (current, plan.record) {
+            (None, None) => Err(TaskError::unknown(task_id)),
+            (None, Some(record)) => {
+                let thread = Thread {
+                    terminal: record.status.is_terminal(),
+                    messages: plan.messages,
+                    ..Thread::new(Self::thread_id(task_id), TASK_KIND)
+                        .with_parent(record.owner_thread_id.clone())
+                        .with_state(encode(&record)?)
+                };
+                Ok(Prepared::Create { thread, record })
+            }
+            (Some(cur), None) if plan.messages.is_empty() => Ok(Prepared::Unchanged(cur.clone())),
+            (Some(cur), record) => {
+                let changes = ChangeSet {
+                    terminal: record
+                        .as_ref()
+                        .filter(|r| r.status != cur.record.status)
+                        .map(|r| r.status.is_terminal()),
+                    state: record.as_ref().map(encode).transpose()?,
+                    messages: plan.messages,
+                };
+                Ok(Prepared::Append {
+                    request: AppendRequest {
+                        id: Self::thread_id(task_id),
+                        changes,
+                        precondition: VersionPrecondition::Exact(cur.version),
+                    },
+                    record: record.unwrap_or_else(|| cur.record.clone()),
+                })
+            }
+        }
+    }
+}
+
+/// A write decided by [`TaskStore::prepare`], ready to send.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// Nothing to write: the stored record stands.
+    Unchanged(VersionedRecord),
+    /// Create the task's thread holding `record`.
+    Create { thread: Thread, record: TaskRecord },
+    /// Append to the task's thread, leaving `record` stored.
+    Append {
+        request: AppendRequest,
+        record: TaskRecord,
+    },
+}
+
+/// Whether a write failed because the store is not as the writer believed
+/// (another writer got there first): deciding again on a fresh load fixes it.
+pub(crate) fn is_conflict(error: &ThreadStoreError) -> bool {
+    matches!(
+        error,
+        ThreadStoreError::VersionConflict { .. }
+            | ThreadStoreError::AlreadyExists { .. }
+            | ThreadStoreError::NotFound { .. }
+    )
 }
 
 /// The audit message of a transition that produced `record`.

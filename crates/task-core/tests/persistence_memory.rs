@@ -12,3 +12,112 @@ async fn memory() -> Arc<dyn ThreadStore> {
 }
 
 persistence_suite!(memory());
+
+mod batching {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::Value;
+    use task_core::thread_store::{
+        AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread,
+        ThreadHead, ThreadPage, ThreadQuery, ThreadReader, ThreadSignals, ThreadWriter,
+        VersionPrecondition,
+    };
+    use task_core::{BackgroundTaskManager, TaskResult, TaskStatus, TaskStore};
+    use task_store_memory::MemoryStore;
+
+    /// A `MemoryStore` that counts the writer's calls.
+    #[derive(Debug, Default)]
+    struct Counting {
+        inner: MemoryStore,
+        creates: AtomicUsize,
+        create_batches: AtomicUsize,
+        appends: AtomicUsize,
+        append_batches: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ThreadReader for Counting {
+        async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
+            self.inner.load(id).await
+        }
+        async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
+            self.inner.load_messages(id, query).await
+        }
+        async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
+            self.inner.list_threads(query).await
+        }
+    }
+
+    #[async_trait]
+    impl ThreadWriter for Counting {
+        async fn create(&self, thread: Thread) -> Result<Committed> {
+            self.creates.fetch_add(1, Ordering::Relaxed);
+            self.inner.create(thread).await
+        }
+        async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
+            self.create_batches.fetch_add(1, Ordering::Relaxed);
+            self.inner.create_batch(threads).await
+        }
+        async fn append(
+            &self,
+            id: &str,
+            changes: ChangeSet,
+            precondition: VersionPrecondition,
+        ) -> Result<Committed> {
+            self.appends.fetch_add(1, Ordering::Relaxed);
+            self.inner.append(id, changes, precondition).await
+        }
+        async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
+            self.append_batches.fetch_add(1, Ordering::Relaxed);
+            self.inner.append_batch(requests).await
+        }
+        async fn save(&self, thread: Thread) -> Result<Committed> {
+            self.inner.save(thread).await
+        }
+        async fn delete(&self, id: &str) -> Result<()> {
+            self.inner.delete(id).await
+        }
+        fn signals(&self) -> Option<&dyn ThreadSignals> {
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_tasks_are_written_in_a_few_batches_not_one_write_each() {
+        let counting = Arc::new(Counting::default());
+        let store = Arc::new(TaskStore::new(counting.clone()));
+        let m = BackgroundTaskManager::builder()
+            .task_store(Arc::clone(&store))
+            .build();
+        let mut ids = Vec::new();
+        for i in 0..500 {
+            let owner = format!("owner-{}", i % 7);
+            let id = m
+                .spawn(&owner, "t", "d", |_| async { TaskResult::Success(Value::Null) })
+                .await
+                .expect("spawn");
+            ids.push((owner, id));
+        }
+        for (owner, id) in &ids {
+            m.wait(owner, id).await.expect("known");
+        }
+        m.flush().await;
+        let batches = counting.create_batches.load(Ordering::Relaxed)
+            + counting.append_batches.load(Ordering::Relaxed);
+        assert!(
+            batches <= 8,
+            "500 tasks took {batches} batch calls; they should share a few"
+        );
+        assert_eq!(counting.creates.load(Ordering::Relaxed), 0, "no write alone");
+        assert_eq!(counting.appends.load(Ordering::Relaxed), 0, "no write alone");
+        for (owner, id) in &ids {
+            let record = store.load_task(id).await.expect("load").expect("stored");
+            assert_eq!(record.status, TaskStatus::Completed);
+            assert_eq!(&record.owner_thread_id, owner);
+            let summary = m.get(owner, id).await.expect("known");
+            assert_eq!(summary.persistence_error, None);
+        }
+    }
+}

@@ -5,9 +5,17 @@
 //! The manager queues [`Step`]s (under its registry lock, so a task's steps
 //! are queued in the order they happened). One background writer task owns
 //! the queues: it writes the queued steps of a task in one compare-and-swap
-//! write (a short task's start and finish become one `create`), runs writes
-//! of different tasks concurrently (so a remote store sees them pipelined),
-//! and reports each result back to the registry.
+//! write (a short task's start and finish become one `create`), and reports
+//! each result back to the registry.
+//!
+//! Writes go out as group commits: every task with steps waiting joins the
+//! next batch, which is one `create_batch` (tasks the store has not seen) and
+//! one `append_batch` (tasks whose record and version the writer knows), so
+//! a remote store gets one round trip per batch rather than one per task.
+//! While a batch is out, new steps gather for the next one, which is also
+//! when a short task's start and finish meet. A write that meets a conflict
+//! (someone else wrote the task) is redone alone as a load-decide-write
+//! loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,19 +23,24 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::time::DelayQueue;
 
 use crate::state::{Outcome, TaskRecord, Transition, apply};
-use crate::task_store::{Known, Plan, VersionedRecord, audit_message, output_message};
+use crate::task_store::{
+    Known, Plan, Prepared, VersionedRecord, audit_message, is_conflict, output_message,
+};
 use crate::{TaskError, TaskId, TaskStatus, TaskStore};
 
 use super::Inner;
 
-/// Writes of different tasks in flight at once.
-const MAX_IN_FLIGHT: usize = 256;
+/// Batches in flight at once: one being written while the next one fills.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+/// Tasks written in one batch at most.
+const MAX_BATCH: usize = 512;
 /// Steps of one task written together.
 const MAX_STEPS_PER_WRITE: usize = 32;
 
@@ -176,6 +189,16 @@ struct TaskQueue {
     cached: Option<VersionedRecord>,
 }
 
+/// One task's part of a batch: the steps to write and what the writer
+/// believes is stored.
+struct Pick {
+    task_id: TaskId,
+    epoch: u64,
+    steps: Vec<Step>,
+    attempt: Option<u32>,
+    known: Known,
+}
+
 /// The result of one write, as reported back to the writer loop.
 struct Written {
     task_id: TaskId,
@@ -199,13 +222,12 @@ impl Writer {
         let mut in_flight = FuturesUnordered::new();
         let mut open = true;
         loop {
-            while in_flight.len() < MAX_IN_FLIGHT {
-                let Some(task_id) = self.ready.pop_front() else {
+            while in_flight.len() < MAX_BATCHES_IN_FLIGHT {
+                let picks = self.pick_batch();
+                if picks.is_empty() {
                     break;
-                };
-                if let Some(write) = self.start_write(task_id) {
-                    in_flight.push(write);
                 }
+                in_flight.push(write_batch(Arc::clone(&self.store), picks));
             }
             if !open && self.queues.is_empty() {
                 return;
@@ -220,7 +242,11 @@ impl Writer {
                     }
                     None => open = false,
                 },
-                Some(written) = in_flight.next() => self.finish_write(written),
+                Some(written) = in_flight.next() => {
+                    for w in written {
+                        self.finish_write(w);
+                    }
+                }
                 Some(expired) = self.delays.next() => {
                     let task_id = expired.into_inner();
                     if let Some(q) = self.queues.get_mut(&task_id) {
@@ -237,6 +263,21 @@ impl Writer {
         }
     }
 
+    /// The next batch: up to [`MAX_BATCH`] ready tasks, each with the
+    /// queued steps of its oldest epoch, marked in flight.
+    fn pick_batch(&mut self) -> Vec<Pick> {
+        let mut picks = Vec::new();
+        while picks.len() < MAX_BATCH {
+            let Some(task_id) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(pick) = self.pick(task_id) {
+                picks.push(pick);
+            }
+        }
+        picks
+    }
+
     fn accept(&mut self, job: Job) {
         let q = self.queues.entry(job.task_id.clone()).or_default();
         let idle = q.steps.is_empty() && !q.in_flight && !q.delayed;
@@ -246,7 +287,7 @@ impl Writer {
         }
     }
 
-    fn start_write(&mut self, task_id: TaskId) -> Option<impl Future<Output = Written> + use<>> {
+    fn pick(&mut self, task_id: TaskId) -> Option<Pick> {
         let q = self.queues.get_mut(&task_id)?;
         if q.in_flight || q.delayed || q.steps.is_empty() {
             return None;
@@ -264,18 +305,19 @@ impl Writer {
             q.attempt = None;
         }
         q.in_flight = true;
-        let store = Arc::clone(&self.store);
         let attempt = q.attempt;
-        let cached = q.cached.take();
-        Some(async move {
-            let n = steps.len();
-            let result = write_steps(&store, &task_id, attempt, cached, &steps).await;
-            Written {
-                task_id,
-                epoch,
-                steps: n,
-                result,
-            }
+        let known = match q.cached.take() {
+            Some(record) => Known::Cached(Box::new(record)),
+            // A first start: most likely nobody has written this task yet.
+            None if attempt.is_none() && matches!(steps[0], Step::Start(_)) => Known::Absent,
+            None => Known::Unknown,
+        };
+        Some(Pick {
+            task_id,
+            epoch,
+            steps,
+            attempt,
+            known,
         })
     }
 
@@ -365,90 +407,224 @@ fn is_permanent(error: &TaskError) -> bool {
     }
 }
 
-/// Writes `steps` of one epoch of a task in one compare-and-swap write.
-/// Returns the durable attempt of the epoch and the record as written.
+/// The outcome of one task's write: its durable attempt and the record as
+/// written.
+type WriteResult = Result<(Option<u32>, VersionedRecord), TaskError>;
+
+/// Writes one batch: each task's steps decided on what the writer believes is
+/// stored, sent as one `create_batch` and one `append_batch`; the tasks whose
+/// record is unknown, or whose write met a conflict, then go through
+/// [`write_steps`] one by one (concurrently). One result per pick, in order.
+async fn write_batch(store: Arc<TaskStore>, picks: Vec<Pick>) -> Vec<Written> {
+    let mut results: Vec<Option<WriteResult>> = Vec::with_capacity(picks.len());
+    // What each write is for (index, record, attempt), and the writes.
+    let mut creates = Vec::new();
+    let mut threads = Vec::new();
+    let mut appends = Vec::new();
+    let mut requests = Vec::new();
+    let mut alone = Vec::new();
+    for (i, pick) in picks.iter().enumerate() {
+        results.push(None);
+        let current = match &pick.known {
+            Known::Cached(record) => Some(&**record),
+            Known::Absent => None,
+            Known::Unknown => {
+                alone.push(i);
+                continue;
+            }
+        };
+        let prepared = plan_steps(&pick.task_id, pick.attempt, &pick.steps, current).and_then(
+            |(plan, attempt)| Ok((store.prepare(&pick.task_id, current, plan)?, attempt)),
+        );
+        match prepared {
+            Err(e) => results[i] = Some(Err(e)),
+            Ok((Prepared::Unchanged(record), attempt)) => {
+                results[i] = Some(Ok((attempt.or(Some(record.record.attempt)), record)));
+            }
+            Ok((Prepared::Create { thread, record }, attempt)) => {
+                creates.push((i, record, attempt));
+                threads.push(thread);
+            }
+            Ok((Prepared::Append { request, record }, attempt)) => {
+                appends.push((i, record, attempt));
+                requests.push(request);
+            }
+        }
+    }
+
+    let backend = store.thread_store();
+    let (created, appended) = futures::join!(
+        async {
+            if creates.is_empty() {
+                Vec::new()
+            } else {
+                backend.create_batch(threads).await
+            }
+        },
+        async {
+            if appends.is_empty() {
+                Vec::new()
+            } else {
+                backend.append_batch(requests).await
+            }
+        }
+    );
+    let written = creates
+        .into_iter()
+        .zip(created)
+        .chain(appends.into_iter().zip(appended));
+    for ((i, record, attempt), result) in written {
+        match result {
+            Ok(committed) => {
+                let record = VersionedRecord {
+                    record,
+                    version: committed.version,
+                };
+                results[i] = Some(Ok((attempt.or(Some(record.record.attempt)), record)));
+            }
+            // Not as believed: decide again on a fresh load.
+            Err(e) if is_conflict(&e) => alone.push(i),
+            Err(e) => results[i] = Some(Err(e.into())),
+        }
+    }
+
+    let redone = join_all(alone.iter().map(|&i| {
+        let pick = &picks[i];
+        write_steps(
+            &store,
+            &pick.task_id,
+            pick.attempt,
+            Known::Unknown,
+            &pick.steps,
+        )
+    }))
+    .await;
+    for (i, result) in alone.into_iter().zip(redone) {
+        results[i] = Some(result);
+    }
+
+    picks
+        .into_iter()
+        .zip(results)
+        .map(|(pick, result)| Written {
+            task_id: pick.task_id,
+            epoch: pick.epoch,
+            steps: pick.steps.len(),
+            result: result.unwrap_or_else(|| {
+                Err(TaskError::Store(task_store::ThreadStoreError::Backend {
+                    message: "the store returned fewer results than writes in the batch".to_owned(),
+                    source: None,
+                }))
+            }),
+        })
+        .collect()
+}
+
+/// Writes `steps` of one epoch of a task in one compare-and-swap write,
+/// loading the record first unless `known` says what is stored. Returns the
+/// durable attempt of the epoch and the record as written.
 async fn write_steps(
     store: &TaskStore,
     task_id: &str,
     attempt: Option<u32>,
-    cached: Option<VersionedRecord>,
+    known: Known,
     steps: &[Step],
-) -> Result<(Option<u32>, VersionedRecord), TaskError> {
+) -> WriteResult {
     let mut resolved = attempt;
-    let known = match cached {
-        Some(record) => Known::Cached(Box::new(record)),
-        // A first start: most likely nobody has written this task yet.
-        None if attempt.is_none() && matches!(steps.first(), Some(Step::Start(_))) => Known::Absent,
-        None => Known::Unknown,
-    };
     let written = store
         .cas(task_id, known, |current| {
-            let mut record = current.cloned();
-            let mut attempt = attempt;
-            let mut changed = false;
-            let mut messages = Vec::new();
-            for step in steps {
-                let transition = match step {
-                    Step::Start(start) => Transition::Start {
-                        record: start.clone(),
-                    },
-                    Step::Finish {
-                        attempt: known,
-                        holder,
-                        status,
-                        result,
-                        error,
-                        at_ms,
-                    } => Transition::Finish {
-                        attempt: known
-                            .or(attempt)
-                            .or(record.as_ref().map(|r| r.attempt))
-                            .unwrap_or(1),
-                        holder: holder.clone(),
-                        status: *status,
-                        result: result.clone(),
-                        error: error.clone(),
-                        at_ms: *at_ms,
-                    },
-                    Step::Output {
-                        attempt: known,
-                        seq,
-                        value,
-                    } => {
-                        let a = known
-                            .or(attempt)
-                            .or(record.as_ref().map(|r| r.attempt))
-                            .unwrap_or(1);
-                        messages.push(output_message(a, *seq, value.clone()));
-                        continue;
-                    }
-                };
-                match apply(record.as_ref(), &transition) {
-                    Outcome::Applied(next) => {
-                        messages.push(audit_message(&transition, &next));
-                        record = Some(next);
-                        changed = true;
-                    }
-                    Outcome::AlreadyApplied => {}
-                    Outcome::Rejected(reason) => {
-                        return Err(TaskError::Rejected {
-                            task_id: task_id.to_owned(),
-                            reason,
-                        });
-                    }
-                }
-                if matches!(step, Step::Start(_)) {
-                    attempt = record.as_ref().map(|r| r.attempt);
-                }
-            }
+            let (plan, attempt) = plan_steps_on(task_id, attempt, steps, current)?;
             resolved = attempt;
-            Ok(Plan {
-                record: if changed { record } else { None },
-                messages,
-            })
+            Ok(plan)
         })
         .await?;
     Ok((resolved.or(Some(written.record.attempt)), written))
+}
+
+/// [`plan_steps_on`] a versioned record.
+fn plan_steps(
+    task_id: &str,
+    attempt: Option<u32>,
+    steps: &[Step],
+    current: Option<&VersionedRecord>,
+) -> Result<(Plan, Option<u32>), TaskError> {
+    plan_steps_on(task_id, attempt, steps, current.map(|c| &c.record))
+}
+
+/// Decides what writing `steps` onto `current` changes: the new record (if
+/// any transition applied) and the messages, plus the durable attempt of the
+/// epoch once known. A step the state machine refuses fails the write.
+fn plan_steps_on(
+    task_id: &str,
+    attempt: Option<u32>,
+    steps: &[Step],
+    current: Option<&TaskRecord>,
+) -> Result<(Plan, Option<u32>), TaskError> {
+    let mut record = current.cloned();
+    let mut attempt = attempt;
+    let mut changed = false;
+    let mut messages = Vec::new();
+    for step in steps {
+        let transition = match step {
+            Step::Start(start) => Transition::Start {
+                record: start.clone(),
+            },
+            Step::Finish {
+                attempt: known,
+                holder,
+                status,
+                result,
+                error,
+                at_ms,
+            } => Transition::Finish {
+                attempt: known
+                    .or(attempt)
+                    .or(record.as_ref().map(|r| r.attempt))
+                    .unwrap_or(1),
+                holder: holder.clone(),
+                status: *status,
+                result: result.clone(),
+                error: error.clone(),
+                at_ms: *at_ms,
+            },
+            Step::Output {
+                attempt: known,
+                seq,
+                value,
+            } => {
+                let a = known
+                    .or(attempt)
+                    .or(record.as_ref().map(|r| r.attempt))
+                    .unwrap_or(1);
+                messages.push(output_message(a, *seq, value.clone()));
+                continue;
+            }
+        };
+        match apply(record.as_ref(), &transition) {
+            Outcome::Applied(next) => {
+                messages.push(audit_message(&transition, &next));
+                record = Some(next);
+                changed = true;
+            }
+            Outcome::AlreadyApplied => {}
+            Outcome::Rejected(reason) => {
+                return Err(TaskError::Rejected {
+                    task_id: task_id.to_owned(),
+                    reason,
+                });
+            }
+        }
+        if matches!(step, Step::Start(_)) {
+            attempt = record.as_ref().map(|r| r.attempt);
+        }
+    }
+    Ok((
+        Plan {
+            record: if changed { record } else { None },
+            messages,
+        },
+        attempt,
+    ))
 }
 
 #[cfg(test)]
