@@ -20,9 +20,8 @@ mod batching {
     use async_trait::async_trait;
     use serde_json::Value;
     use task_core::thread_store::{
-        AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread,
-        ThreadHead, ThreadPage, ThreadQuery, ThreadReader, ThreadSignals, ThreadWriter,
-        VersionPrecondition,
+        AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread, ThreadHead,
+        ThreadPage, ThreadQuery, ThreadReader, ThreadSignals, ThreadWriter, VersionPrecondition,
     };
     use task_core::{BackgroundTaskManager, TaskResult, TaskStatus, TaskStore};
     use task_store_memory::MemoryStore;
@@ -95,7 +94,9 @@ mod batching {
         for i in 0..500 {
             let owner = format!("owner-{}", i % 7);
             let id = m
-                .spawn(&owner, "t", "d", |_| async { TaskResult::Success(Value::Null) })
+                .spawn(&owner, "t", "d", |_| async {
+                    TaskResult::Success(Value::Null)
+                })
                 .await
                 .expect("spawn");
             ids.push((owner, id));
@@ -110,8 +111,16 @@ mod batching {
             batches <= 8,
             "500 tasks took {batches} batch calls; they should share a few"
         );
-        assert_eq!(counting.creates.load(Ordering::Relaxed), 0, "no write alone");
-        assert_eq!(counting.appends.load(Ordering::Relaxed), 0, "no write alone");
+        assert_eq!(
+            counting.creates.load(Ordering::Relaxed),
+            0,
+            "no write alone"
+        );
+        assert_eq!(
+            counting.appends.load(Ordering::Relaxed),
+            0,
+            "no write alone"
+        );
         for (owner, id) in &ids {
             let record = store.load_task(id).await.expect("load").expect("stored");
             assert_eq!(record.status, TaskStatus::Completed);

@@ -116,7 +116,15 @@ mod tests {
     #[test]
     fn refuses_empty_long_and_control_ids() {
         // C0, DEL and C1 (U+0085, which is not ASCII) controls.
-        for bad in ["", "a\0b", "tab\there", "line\n", "\u{7f}", "nel\u{85}", "ü\u{9f}"] {
+        for bad in [
+            "",
+            "a\0b",
+            "tab\there",
+            "line\n",
+            "\u{7f}",
+            "nel\u{85}",
+            "ü\u{9f}",
+        ] {
             let err = validate_id("thread id", bad).expect_err("must be refused");
             assert!(
                 matches!(err, ThreadStoreError::InvalidInput { .. }),

@@ -557,7 +557,7 @@ impl BackgroundTaskManager {
                 Job {
                     task_id: task_id.clone(),
                     epoch: seq,
-                    step: Step::Start(start),
+                    step: Step::Start(Transition::Start { record: start }),
                 },
             );
         }

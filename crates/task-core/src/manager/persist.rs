@@ -47,8 +47,9 @@ const MAX_STEPS_PER_WRITE: usize = 32;
 /// One durable change the manager wants written.
 #[derive(Debug, Clone)]
 pub(crate) enum Step {
-    /// The task started (the record to create if none exists).
-    Start(Box<TaskRecord>),
+    /// The task started: always a [`Transition::Start`] (with the record to
+    /// create if none exists), kept built so no write copies it.
+    Start(Transition),
     /// The attempt finished.
     Finish {
         /// The durable attempt, when known at queue time (a resumed task).
@@ -203,7 +204,8 @@ struct Pick {
 struct Written {
     task_id: TaskId,
     epoch: u64,
-    steps: usize,
+    /// The steps the write was for, handed back (to requeue on failure).
+    steps: Vec<Step>,
     result: Result<(Option<u32>, VersionedRecord), TaskError>,
 }
 
@@ -294,13 +296,14 @@ impl Writer {
         }
         let epoch = q.steps[0].0;
         // Steps of one epoch only: a new epoch starts with its own `Start`.
-        let steps: Vec<Step> = q
+        // They leave the queue while written, and go back if the write fails.
+        let n = q
             .steps
             .iter()
             .take_while(|(e, _)| *e == epoch)
             .take(MAX_STEPS_PER_WRITE)
-            .map(|(_, s)| s.clone())
-            .collect();
+            .count();
+        let steps: Vec<Step> = q.steps.drain(..n).map(|(_, s)| s).collect();
         if matches!(steps[0], Step::Start(_)) {
             q.attempt = None;
         }
@@ -333,9 +336,9 @@ impl Writer {
         };
         q.in_flight = false;
         let inner = self.inner.upgrade();
+        let resolved = steps.len();
         match result {
             Ok((attempt, record)) => {
-                q.steps.drain(..steps);
                 q.failures = 0;
                 q.attempt = attempt;
                 let finished = record.record.status.is_finished();
@@ -349,13 +352,12 @@ impl Writer {
                 // Report before resolving, so `flush` returns only once the
                 // summaries show the outcome.
                 if let Some(inner) = inner {
-                    inner.on_written(&task_id, epoch, steps, attempt, None, drained);
+                    inner.on_written(&task_id, epoch, resolved, attempt, None, drained);
                 }
-                self.pending.resolve(steps);
+                self.pending.resolve(resolved);
             }
             Err(error) if is_permanent(&error) => {
                 tracing::warn!(task_id = %task_id, %error, "task write given up");
-                q.steps.drain(..steps);
                 q.failures = 0;
                 let drained = q.steps.is_empty();
                 if drained {
@@ -365,11 +367,22 @@ impl Writer {
                 }
                 if let Some(inner) = inner {
                     let message = error.to_string();
-                    inner.on_written(&task_id, epoch, steps, None, Some((message, true)), drained);
+                    inner.on_written(
+                        &task_id,
+                        epoch,
+                        resolved,
+                        None,
+                        Some((message, true)),
+                        drained,
+                    );
                 }
-                self.pending.resolve(steps);
+                self.pending.resolve(resolved);
             }
             Err(error) => {
+                // Back in front of anything queued since, in their order.
+                for step in steps.into_iter().rev() {
+                    q.steps.push_front((epoch, step));
+                }
                 q.failures += 1;
                 q.delayed = true;
                 let delay = self.backoff.delay(q.failures);
@@ -509,7 +522,7 @@ async fn write_batch(store: Arc<TaskStore>, picks: Vec<Pick>) -> Vec<Written> {
         .map(|(pick, result)| Written {
             task_id: pick.task_id,
             epoch: pick.epoch,
-            steps: pick.steps.len(),
+            steps: pick.steps,
             result: result.unwrap_or_else(|| {
                 Err(TaskError::Store(task_store::ThreadStoreError::Backend {
                     message: "the store returned fewer results than writes in the batch".to_owned(),
@@ -565,10 +578,9 @@ fn plan_steps_on(
     let mut changed = false;
     let mut messages = Vec::new();
     for step in steps {
+        let finish;
         let transition = match step {
-            Step::Start(start) => Transition::Start {
-                record: start.clone(),
-            },
+            Step::Start(start) => start,
             Step::Finish {
                 attempt: known,
                 holder,
@@ -576,17 +588,20 @@ fn plan_steps_on(
                 result,
                 error,
                 at_ms,
-            } => Transition::Finish {
-                attempt: known
-                    .or(attempt)
-                    .or(record.as_ref().map(|r| r.attempt))
-                    .unwrap_or(1),
-                holder: holder.clone(),
-                status: *status,
-                result: result.clone(),
-                error: error.clone(),
-                at_ms: *at_ms,
-            },
+            } => {
+                finish = Transition::Finish {
+                    attempt: known
+                        .or(attempt)
+                        .or(record.as_ref().map(|r| r.attempt))
+                        .unwrap_or(1),
+                    holder: holder.clone(),
+                    status: *status,
+                    result: result.clone(),
+                    error: error.clone(),
+                    at_ms: *at_ms,
+                };
+                &finish
+            }
             Step::Output {
                 attempt: known,
                 seq,
@@ -600,9 +615,9 @@ fn plan_steps_on(
                 continue;
             }
         };
-        match apply(record.as_ref(), &transition) {
+        match apply(record.as_ref(), transition) {
             Outcome::Applied(next) => {
-                messages.push(audit_message(&transition, &next));
+                messages.push(audit_message(transition, &next));
                 record = Some(next);
                 changed = true;
             }
