@@ -1,6 +1,8 @@
 //! The Lua scripts. Each write of a thread is one script on the thread's own
 //! keys (one hash tag, one slot); on a single node the same script also
-//! maintains the indexes. All data comes in through `ARGV`, never into the
+//! maintains the indexes. The one exception is [`CREATE_BATCH`], which
+//! creates many fresh threads in one run (each still all or nothing) to
+//! share its checks and index updates among them. All data comes in through `ARGV`, never into the
 //! script source, so the scripts are loaded once and run by SHA1.
 //!
 //! Scripts check every key's type before their first write: a Redis script is

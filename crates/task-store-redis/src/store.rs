@@ -32,10 +32,13 @@ type IndexSweep = (Option<String>, Option<String>, Vec<String>);
 const SWEEP_BATCH: usize = 500;
 
 /// At most this many threads go into one run of the batch create script.
-/// Measured with `examples/throughput.rs tasks`: the server's time per
-/// thread falls steeply up to about 128 threads a run and little after,
-/// while a run blocks the server for as long as it takes (about 1 ms here).
-const CREATE_CHUNK: usize = 256;
+/// Measured with `examples/throughput.rs tasks` (task-shaped threads, 100
+/// owners): the server's time per thread is about the same for runs of 64,
+/// 128 and 256 threads (31-33 µs here, against 46-48 µs for one `create`
+/// each), since what remains is per thread (its `HSET`s, its index members);
+/// but a run blocks the server for all of its time (about 4 ms for 128
+/// threads on that machine), so runs are kept short.
+const CREATE_CHUNK: usize = 128;
 
 /// At most this many runs of the batch create script go into one pipeline
 /// (one round trip), so that one round trip stays well within the response
@@ -986,12 +989,12 @@ impl ThreadWriter for RedisStore {
         self.write_thread("create", &thread).await
     }
 
-    /// One round trip per [`CREATE_CHUNKS_PER_ROUND_TRIP`] runs of the batch
-    /// create script, each creating up to [`CREATE_CHUNK`] threads. Items are
-    /// validated and laid out here; a run never holds the same id twice (a
-    /// repeated id starts a new run, which then finds it taken). When a run
-    /// as a whole fails (a dropped connection, a timeout), its items get that
-    /// error, and the items of later round trips are not sent and get it too.
+    /// One round trip per 8 runs of the batch create script, each creating
+    /// up to 128 threads (see the crate docs). Items are validated and laid
+    /// out here; a run never holds the same id twice (a repeated id starts a
+    /// new run, which then finds it taken). When a run as a whole fails (a
+    /// dropped connection, a timeout), its items get that error, and the
+    /// items of later round trips are not sent and get it too.
     async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
         let mut results: Vec<Option<Result<Committed>>> = threads.iter().map(|_| None).collect();
         let mut chunks = Vec::new();
