@@ -1,13 +1,26 @@
-//! A first throughput figure: terminal writes per second from one process,
-//! sequential, concurrent and batched, against a private `redis-server`, next
-//! to `redis-benchmark -t set -P 16` on the same server.
+//! Throughput figures against a private `redis-server`.
 //!
 //! ```text
 //! cargo run --release -p task-store-redis --example throughput [-- N [always|everysec]]
+//! cargo run --release -p task-store-redis --example throughput -- tasks [N [REPS [retention]]]
 //! ```
 //!
-//! Without a second argument the server has no persistence; with one, it
-//! runs with `appendonly yes` and that `appendfsync`.
+//! The first form: terminal writes per second from one process, sequential,
+//! concurrent and batched, next to `redis-benchmark -t set -P 16` on the same
+//! server. Without a second argument the server has no persistence; with
+//! one, it runs with `appendonly yes` and that `appendfsync`.
+//!
+//! The second form: finished tasks persisted the way the task layer writes
+//! them (one fresh thread each: a ~400-byte state, two ~120-byte messages
+//! with ids, one of 100 owners as parent, kind `task`, the finished mark),
+//! through `create` (64 in flight) and through `create_batch` at several
+//! batch sizes. For each it prints, per run and as the median of `REPS` runs
+//! (default 5) of `N` tasks (default 20000): tasks/s, the server's time in
+//! `EVALSHA` per task (`INFO commandstats`: usec of evalsha over the tasks)
+//! and the server's CPU per task (`INFO cpu`: used_cpu_user + used_cpu_sys
+//! over the tasks). With `retention`, the store keeps finished threads for
+//! a day (a TTL and an expiry-set entry each). `THROUGHPUT_ONLY=<text>` runs
+//! only the modes whose label contains the text.
 //!
 //! Speed is measured here, never asserted in tests.
 
@@ -68,6 +81,11 @@ fn report(label: &str, n: usize, started: Instant) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("tasks") {
+        tasks_main(&args[1..]).await;
+        return;
+    }
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -164,5 +182,209 @@ async fn main() {
                 .unwrap_or_default()
         ),
         Err(err) => println!("redis-benchmark did not run: {err}"),
+    }
+}
+
+/// What the server has spent so far: `EVALSHA` calls and their time, and its CPU.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServerSpent {
+    evalsha_calls: u64,
+    evalsha_usec: u64,
+    cpu_secs: f64,
+}
+
+async fn server_spent(conn: &mut redis::aio::MultiplexedConnection) -> ServerSpent {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    let mut spent = ServerSpent::default();
+    for line in info.lines() {
+        if let Some(stats) = line.strip_prefix("cmdstat_evalsha:") {
+            for field in stats.split(',') {
+                match field.split_once('=') {
+                    Some(("calls", n)) => spent.evalsha_calls = n.parse().unwrap_or(0),
+                    Some(("usec", n)) => spent.evalsha_usec = n.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        } else if let Some((name, value)) = line.split_once(':')
+            && (name == "used_cpu_user" || name == "used_cpu_sys")
+        {
+            spent.cpu_secs += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    spent
+}
+
+/// A finished task as the task layer persists it.
+fn task_thread(run: &str, i: usize) -> Thread {
+    let id = format!("task:{run}-{i:08}");
+    let owner = format!("conversation-{:03}", i % 100);
+    let run_id = format!("01J9ZK{i:020}");
+    let state = json!({
+        "task_id": format!("{run}-{i:08}"),
+        "owner_thread_id": owner,
+        "task_type": "shell",
+        "description": "ls -la /tmp && echo done",
+        "status": "completed",
+        "error": null,
+        "result": { "exit_code": 0, "stdout": "done" },
+        "parent_task_id": null,
+        "supports_resume": false,
+        "attempt": 1,
+        "metadata": { "source": "bench" },
+        "created_at_ms": 1_767_225_600_000u64 + i as u64,
+        "updated_at_ms": 1_767_225_600_015u64 + i as u64,
+        "completed_at_ms": 1_767_225_600_015u64 + i as u64,
+        "cancel_requested_at_ms": null,
+        "lease": null,
+        "run_id": run_id,
+    });
+    let event = |event: &str, at: u64| {
+        json!({
+            "event": event,
+            "attempt": 1,
+            "at_ms": 1_767_225_600_000u64 + at,
+            "run_id": run_id,
+            "status": "completed",
+        })
+    };
+    let mut thread = Thread::new(id, "task")
+        .with_parent(owner)
+        .with_state(state)
+        .with_message(NewMessage::with_id("a1:start", event("start", 0)))
+        .with_message(NewMessage::with_id("a1:finish", event("finish", 15)));
+    thread.terminal = true;
+    thread
+}
+
+/// One run of `n` tasks: through `create` with 64 in flight (`batch == 0`),
+/// or through `create_batch` of `batch` tasks, `in_flight` batches at a time.
+/// Returns tasks/s, server µs in EVALSHA per task, server CPU µs per task.
+async fn task_run(
+    store: &RedisStore,
+    raw: &mut redis::aio::MultiplexedConnection,
+    run: &str,
+    n: usize,
+    batch: usize,
+    in_flight: usize,
+) -> (f64, f64, f64) {
+    let threads: Vec<Thread> = (0..n).map(|i| task_thread(run, i)).collect();
+    let before = server_spent(raw).await;
+    let started = Instant::now();
+    if batch == 0 {
+        let creates = threads.into_iter().map(|thread| {
+            let store = store.clone();
+            async move { store.create(thread).await.expect("create") }
+        });
+        futures::stream::iter(creates)
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>()
+            .await;
+    } else {
+        let mut batches = Vec::new();
+        let mut threads = threads.into_iter().peekable();
+        while threads.peek().is_some() {
+            batches.push(threads.by_ref().take(batch).collect::<Vec<_>>());
+        }
+        let writes = batches.into_iter().map(|batch| {
+            let store = store.clone();
+            async move {
+                for result in store.create_batch(batch).await {
+                    result.expect("batched create");
+                }
+            }
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(in_flight)
+            .collect::<Vec<_>>()
+            .await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = server_spent(raw).await;
+    let tasks = n as f64;
+    (
+        tasks / secs,
+        (after.evalsha_usec - before.evalsha_usec) as f64 / tasks,
+        (after.cpu_secs - before.cpu_secs) * 1e6 / tasks,
+    )
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn tasks_main(args: &[String]) {
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let reps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let retention = args.get(2).map(String::as_str) == Some("retention");
+    let server = RedisServer::builder()
+        .start()
+        .expect("start a private redis-server");
+    println!(
+        "private redis-server on port {}, no persistence; {n} tasks per run, {reps} runs, retention {}",
+        server.port(),
+        if retention { "1 day" } else { "none" }
+    );
+    let options = RedisStoreOptions::default()
+        .with_prefix("bench")
+        .with_retention(retention.then(|| std::time::Duration::from_secs(24 * 3600)))
+        .with_sweep_interval(None);
+    let store = RedisStore::connect_with(&server.url(), options)
+        .await
+        .expect("connect");
+    let mut raw = redis::Client::open(server.url())
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+
+    // (label, batch size (0: one create each), in flight)
+    let modes: [(&str, usize, usize); 5] = [
+        ("create, 64 in flight", 0, 64),
+        ("create_batch of 64, 4 in flight", 64, 4),
+        ("create_batch of 128, 4 in flight", 128, 4),
+        ("create_batch of 256, 2 in flight", 256, 2),
+        ("create_batch of 1024, 1 in flight", 1024, 1),
+    ];
+    println!(
+        "{:<36} {:>10} {:>14} {:>14}",
+        "mode", "tasks/s", "evalsha µs/task", "cpu µs/task"
+    );
+    let only = std::env::var("THROUGHPUT_ONLY").unwrap_or_default();
+    let modes: Vec<_> = modes
+        .into_iter()
+        .filter(|(label, _, _)| label.contains(only.as_str()))
+        .collect();
+    // The modes take turns within each round, so that the noise of a busy
+    // machine spreads over all of them alike.
+    let mut figures: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); modes.len()];
+    for rep in 0..reps {
+        for ((label, batch, in_flight), (rates, evalsha, cpu)) in modes.iter().zip(&mut figures) {
+            let _: () = redis::cmd("FLUSHALL")
+                .query_async(&mut raw)
+                .await
+                .expect("FLUSHALL");
+            let run = format!("b{batch}r{rep}");
+            let (rate, server_us, cpu_us) =
+                task_run(&store, &mut raw, &run, n, *batch, *in_flight).await;
+            println!("  {label:<34} {rate:>10.0} {server_us:>14.2} {cpu_us:>14.2}");
+            rates.push(rate);
+            evalsha.push(server_us);
+            cpu.push(cpu_us);
+        }
+    }
+    for ((label, _, _), (rates, evalsha, cpu)) in modes.iter().zip(&mut figures) {
+        println!(
+            "{:<36} {:>10.0} {:>14.2} {:>14.2}   (median of {reps})",
+            label,
+            median(rates),
+            median(evalsha),
+            median(cpu)
+        );
     }
 }

@@ -112,6 +112,7 @@
 //! | `create`, `save` | 1 | the write script: existence or version check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
 //! | `append` | 1 | the write script on the thread's three keys (indexes do not change) |
 //! | `append_batch` | 1 | one pipeline of `EVALSHA`s, each atomic on its own thread, one result each (a second round only for scripts the server had forgotten) |
+//! | `create_batch` | 1 per 1024 threads | one pipeline of runs of the batch create script, each creating up to 128 threads, each thread all or nothing on its own: the index keys' types checked once per run, one `EXISTS` proving the run's threads fresh, one `HSET` each of a thread's head, log and mids, one `ZADD` per index key for the whole run (a second round only for scripts the server had forgotten) |
 //! | `load` | 1 | `HMGET` of the head |
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
 //! | `list_threads` | 2 (+1) | `ZRANGEBYLEX` of the index, a pipeline of `HMGET kind parent` to drop entries of gone threads (+ a prune script when there were any) |
@@ -153,7 +154,10 @@
 //! the two steps is filtered and cleaned, and a thread whose entry is not yet
 //! written is only missing from listings for that moment. This crate connects
 //! to a single endpoint today; the cluster mode of the layout is the step
-//! above, with the scripts unchanged.
+//! above, with the write scripts unchanged. The batch create script is the
+//! exception: one run writes the keys of many threads, so under Cluster its
+//! runs would be grouped by slot (or fall back to one write script per
+//! thread).
 //!
 //! # In production
 //!

@@ -1,6 +1,8 @@
 //! The Lua scripts. Each write of a thread is one script on the thread's own
 //! keys (one hash tag, one slot); on a single node the same script also
-//! maintains the indexes. All data comes in through `ARGV`, never into the
+//! maintains the indexes. The one exception is [`CREATE_BATCH`], which
+//! creates many fresh threads in one run (each still all or nothing) to
+//! share its checks and index updates among them. All data comes in through `ARGV`, never into the
 //! script source, so the scripts are loaded once and run by SHA1.
 //!
 //! Scripts check every key's type before their first write: a Redis script is
@@ -178,6 +180,150 @@ end
 return {'ok', version, last_seq, appended, skipped}
 "#;
 
+/// `create_batch`: creates many fresh threads in one run, each on its own
+/// (all or nothing per thread), sharing the type checks of the index keys
+/// and the index updates across the run.
+///
+/// The caller has done everything that does not need the server: ids are
+/// valid and distinct within the run, and each thread's messages are those
+/// a fresh log appends (repeated ids dropped), numbered from 1 in order.
+///
+/// `KEYS`: 1 the expiry set; 2 the index of all threads; 3..m+1 the other
+/// index keys of the run's threads: one per kind, and per pair of parent and
+/// kind the parent's index followed by the parent+kind index; then head,
+/// log, mids of each thread, in order.
+///
+/// `ARGV`: 1 retention in ms (`'0'` for none); 2 m; 3 the number of threads
+/// n; then per thread: id; finished mark (`'0'`/`'1'`); the position in
+/// `KEYS` of its kind's index; the position of its parent's index (`'0'` for
+/// no parent; its parent+kind index follows it); state JSON; kind; metadata
+/// JSON; parent (`''` for none); the message count c; then c pairs of
+/// message id (`''` for none) and message JSON.
+///
+/// Returns one status per thread, in order: `1` created, `0` the id is taken
+/// (its head key exists, whatever its type), or the name of a key that is
+/// not a sorted set (an index key of the thread, or the expiry set; nothing
+/// was written for that thread).
+///
+/// Cost: per run, one `TYPE` per index key and one `EXISTS` over every
+/// thread key (when none exists, which is the common case, no thread needs
+/// an `EXISTS` or a `DEL` of its own); per thread, one `HSET` each of head,
+/// log and mids (and with a retention one `PEXPIRE` each); per run again,
+/// one `ZADD` per index key and one `ZADD` or `ZREM` on the expiry set.
+/// Fresh keys have no TTL, so nothing is `PERSIST`ed or copied. Field names
+/// and sequence numbers are made in the script, to keep the arguments few:
+/// each argument costs the server time to receive and to turn into a Lua
+/// string.
+pub(crate) static CREATE_BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(CREATE_BATCH_LUA));
+
+const CREATE_BATCH_LUA: &str = r#"
+local expiring = KEYS[1]
+local ttl = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+
+local function not_zset(key)
+  local t = redis.call('TYPE', key)['ok']
+  return t ~= 'none' and t ~= 'zset'
+end
+
+-- Every check comes before the first write: a script is not rolled back.
+local expiring_bad = not_zset(expiring)
+local bad = {}
+for i = 2, m + 1 do
+  if not_zset(KEYS[i]) then bad[i] = true end
+end
+local base = m + 2
+-- No key of any thread exists (the common case): every thread is fresh
+-- and nothing was left behind, so none needs an EXISTS or a DEL of its own.
+local clean = redis.call('EXISTS', unpack(KEYS, base, base + 3 * n - 1)) == 0
+
+local out, members, expire_add, expire_rem = {}, {}, {}, {}
+local function member(pos, id)
+  local list = members[pos]
+  if list == nil then list = {}; members[pos] = list end
+  list[#list + 1] = '0'
+  list[#list + 1] = id
+end
+
+local p = 4
+for i = 1, n do
+  local id, term, kind_pos, parent_pos = ARGV[p], ARGV[p + 1], tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
+  local state, kind, meta, parent, seq = ARGV[p + 4], ARGV[p + 5], ARGV[p + 6], ARGV[p + 7], ARGV[p + 8]
+  local c = tonumber(seq)
+  local first = p + 9
+  p = first + 2 * c
+  local at = base + 3 * (i - 1)
+  local head, log, mids = KEYS[at], KEYS[at + 1], KEYS[at + 2]
+
+  local status = 1
+  if not clean and redis.call('EXISTS', head) == 1 then status = 0
+  elseif bad[2] then status = KEYS[2]
+  elseif bad[kind_pos] then status = KEYS[kind_pos]
+  elseif parent_pos > 0 and bad[parent_pos] then status = KEYS[parent_pos]
+  elseif parent_pos > 0 and bad[parent_pos + 1] then status = KEYS[parent_pos + 1]
+  elseif expiring_bad then status = expiring end
+
+  if status == 1 then
+    -- A missing head means a fresh thread: drop anything left behind.
+    if not clean then redis.call('DEL', log, mids) end
+    if parent ~= '' then
+      redis.call('HSET', head, 'v', '1', 'seq', seq, 'term', term, 'state', state,
+        'id', id, 'kind', kind, 'meta', meta, 'parent', parent)
+    else
+      redis.call('HSET', head, 'v', '1', 'seq', seq, 'term', term, 'state', state,
+        'id', id, 'kind', kind, 'meta', meta)
+    end
+    local has_mids = false
+    if c > 0 then
+      local entries, ids = {}, {}
+      for j = 1, c do
+        local s = tostring(j)
+        local mid = ARGV[first + 2 * (j - 1)]
+        entries[2 * j - 1] = s
+        entries[2 * j] = ARGV[first + 2 * j - 1]
+        if mid ~= '' then ids[#ids + 1] = mid; ids[#ids + 1] = s end
+      end
+      redis.call('HSET', log, unpack(entries))
+      if #ids > 0 then redis.call('HSET', mids, unpack(ids)); has_mids = true end
+    end
+    member(2, id)
+    member(kind_pos, id)
+    if parent_pos > 0 then member(parent_pos, id); member(parent_pos + 1, id) end
+    -- Retention as in the write script; fresh keys have no TTL to copy or drop.
+    local entry = id .. '\n' .. kind .. '\n' .. parent
+    if term == '1' then
+      if ttl > 0 then
+        redis.call('PEXPIRE', head, ttl)
+        if c > 0 then redis.call('PEXPIRE', log, ttl) end
+        if has_mids then redis.call('PEXPIRE', mids, ttl) end
+        expire_add[#expire_add + 1] = entry
+      end
+    else
+      expire_rem[#expire_rem + 1] = entry
+    end
+  end
+  out[i] = status
+end
+
+for pos = 2, m + 1 do
+  local list = members[pos]
+  if list ~= nil then redis.call('ZADD', KEYS[pos], unpack(list)) end
+end
+if #expire_add > 0 then
+  local now = redis.call('TIME')
+  local until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl
+  local args = {}
+  for i = 1, #expire_add do
+    args[#args + 1] = until_ms
+    args[#args + 1] = expire_add[i]
+  end
+  redis.call('ZADD', expiring, unpack(args))
+end
+if #expire_rem > 0 then redis.call('ZREM', expiring, unpack(expire_rem)) end
+return out
+"#;
+
 /// A page of one thread's log.
 ///
 /// `KEYS`: head, log. `ARGV`: 1 after (the last sequence number seen),
@@ -287,9 +433,10 @@ return removed
 "#;
 
 /// Every script with its source, for loading them up front.
-pub(crate) fn all() -> [(&'static Script, &'static str); 6] {
+pub(crate) fn all() -> [(&'static Script, &'static str); 7] {
     [
         (&WRITE, WRITE_LUA),
+        (&CREATE_BATCH, CREATE_BATCH_LUA),
         (&DUE, DUE_LUA),
         (&FORGET, FORGET_LUA),
         (&READ_LOG, READ_LOG_LUA),

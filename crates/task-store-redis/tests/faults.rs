@@ -85,6 +85,16 @@ async fn acknowledged_writes_survive_sigkill_and_the_store_reconnects_after_rest
         started.elapsed()
     );
 
+    // A batch fails every item, retryably.
+    let results = store
+        .create_batch(vec![Thread::new("x", "task"), Thread::new("y", "task")])
+        .await;
+    assert_eq!(results.len(), 2);
+    for result in results {
+        let err = result.expect_err("server is down");
+        assert!(err.is_retryable(), "{err:?}");
+    }
+
     server.restart().expect("restart on the same port and data");
 
     // The same store reconnects by itself.
@@ -448,4 +458,34 @@ async fn append_batch_reloads_scripts_the_server_forgot() {
         )
         .await
         .expect("invoke reloads on NOSCRIPT");
+}
+
+#[tokio::test]
+async fn create_batch_reloads_scripts_the_server_forgot() {
+    let test = "create_batch_reloads_scripts_the_server_forgot";
+    let Some(server) = private_server_or_skip(test, RedisServer::builder()) else {
+        return;
+    };
+    let store = RedisStore::connect_with(&server.url(), RedisStoreOptions::default())
+        .await
+        .expect("connect");
+    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
+    // More than one run of the script, so several are resent in order.
+    let mut threads: Vec<Thread> = (0..600)
+        .map(|i| Thread::new(format!("t{i}"), "task").with_state(json!(i)))
+        .collect();
+    threads.push(Thread::new("t0", "task").with_state(json!("again")));
+    let results = store.create_batch(threads).await;
+    let (last, created) = results.split_last().expect("results");
+    for result in created {
+        assert_eq!(result.as_ref().expect("reloaded and created").version, 1);
+    }
+    assert!(
+        matches!(last, Err(ThreadStoreError::AlreadyExists { .. })),
+        "{last:?}"
+    );
+    assert_eq!(
+        store.load("t0").await.expect("load").expect("t0").state,
+        json!(0)
+    );
 }

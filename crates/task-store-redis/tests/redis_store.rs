@@ -601,3 +601,371 @@ async fn the_background_sweeper_cleans_indexes_by_itself() {
     }
     purge(&url, &prefix).await;
 }
+
+/// Everything Redis holds for one thread, with its id taken out, to compare
+/// what `create` and `create_batch` wrote for twins.
+#[derive(Debug, PartialEq)]
+struct Written {
+    head: Vec<(String, String)>,
+    log: Vec<(String, String)>,
+    mids: Vec<(String, String)>,
+    /// Per key (head, log, mids): -2 missing, -1 no TTL, 1 a TTL near the retention.
+    ttls: Vec<i64>,
+    /// The thread's score in idx:all, its kind's, its parent's and the parent+kind index.
+    indexed: Vec<Option<f64>>,
+    /// Its entry in the expiry set (expiry rounded to 10 s).
+    expiring: Option<i64>,
+}
+
+async fn written(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    id: &str,
+    kind: &str,
+    parent: Option<&str>,
+) -> Written {
+    let hash = |key: &str| {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}:{{{id}}}:{key}");
+        async move {
+            let mut pairs: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("HGETALL");
+            pairs.retain(|(field, _)| field != "id");
+            pairs.sort();
+            pairs
+        }
+    };
+    let (head, log, mids) = (hash("head").await, hash("log").await, hash("mids").await);
+    let mut ttls = Vec::new();
+    for key in ["head", "log", "mids"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}:{{{id}}}:{key}"))
+            .query_async(conn)
+            .await
+            .expect("PTTL");
+        ttls.push(if ttl > 3_500_000 && ttl <= 3_600_000 {
+            1
+        } else {
+            ttl
+        });
+    }
+    let mut indexes = vec![
+        format!("{prefix}:idx:all"),
+        format!("{prefix}:idx:kind:{kind}"),
+    ];
+    if let Some(parent) = parent {
+        indexes.push(format!("{prefix}:idx:parent:{parent}"));
+        indexes.push(format!("{prefix}:idx:pk:{parent}:{kind}"));
+    }
+    let mut indexed = Vec::new();
+    for index in indexes {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(index)
+            .arg(id)
+            .query_async(conn)
+            .await
+            .expect("ZSCORE");
+        indexed.push(score);
+    }
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}:idx:expiring"))
+        .arg(format!("{id}\n{kind}\n{}", parent.unwrap_or_default()))
+        .query_async(conn)
+        .await
+        .expect("ZSCORE");
+    Written {
+        head,
+        log,
+        mids,
+        ttls,
+        indexed,
+        expiring: score.map(|s| (s / 10_000.0).round() as i64),
+    }
+}
+
+/// Makes a thread of some shape with the given id.
+type Shape = dyn Fn(&str) -> Thread;
+
+async fn create_batch_writes_what_create_writes(test: &str, retention: Option<Duration>) {
+    let options = RedisStoreOptions::default().with_retention(retention);
+    let Some(store) = shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let mut conn = raw(&url).await;
+    let prefix = store.prefix().to_owned();
+    let shapes: Vec<Box<Shape>> = vec![
+        Box::new(|id| {
+            let mut thread = Thread::new(id, "task")
+                .with_parent("owner")
+                .with_state(json!({ "status": "completed" }))
+                .with_message(NewMessage::with_id("a1:start", json!("start")))
+                .with_message(NewMessage::with_id("a1:finish", json!("finish")))
+                .with_message(NewMessage::with_id("a1:start", json!("repeat")));
+            thread.terminal = true;
+            thread
+        }),
+        Box::new(|id| {
+            let mut thread = Thread::new(id, "task").with_state(json!(1));
+            thread.terminal = true;
+            thread
+        }),
+        Box::new(|id| {
+            Thread::new(id, "task")
+                .with_parent("owner")
+                .with_message(NewMessage::new(json!("no id")))
+                .with_message(NewMessage::with_id("m", json!("id")))
+        }),
+        Box::new(|id| Thread::new(id, "other").with_state(json!({ "a": [1, 2] }))),
+    ];
+    // Entries an earlier, expired life of each thread left in the expiry set.
+    for (i, shape) in shapes.iter().enumerate() {
+        for id in [format!("c{i}"), format!("b{i}")] {
+            let thread = shape(&id);
+            let entry = format!(
+                "{id}\n{}\n{}",
+                thread.kind,
+                thread.parent_id.unwrap_or_default()
+            );
+            let _: () = redis::cmd("ZADD")
+                .arg(format!("{prefix}:idx:expiring"))
+                .arg(1)
+                .arg(entry)
+                .query_async(&mut conn)
+                .await
+                .expect("ZADD");
+        }
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        store.create(shape(&format!("c{i}"))).await.expect("create");
+    }
+    let batch = (0..shapes.len())
+        .map(|i| shapes[i](&format!("b{i}")))
+        .collect();
+    for result in store.create_batch(batch).await {
+        result.expect("batched create");
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let thread = shape("x");
+        let (kind, parent) = (thread.kind.as_str(), thread.parent_id.as_deref());
+        let by_create = written(&mut conn, &prefix, &format!("c{i}"), kind, parent).await;
+        let by_batch = written(&mut conn, &prefix, &format!("b{i}"), kind, parent).await;
+        assert_eq!(by_batch, by_create, "shape {i}");
+    }
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn create_batch_writes_what_create_writes_with_a_retention() {
+    create_batch_writes_what_create_writes(
+        "create_batch_writes_what_create_writes_with_a_retention",
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn create_batch_writes_what_create_writes_without_a_retention() {
+    create_batch_writes_what_create_writes(
+        "create_batch_writes_what_create_writes_without_a_retention",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn create_batch_drops_keys_left_behind_under_a_fresh_id() {
+    let test = "create_batch_drops_keys_left_behind_under_a_fresh_id";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let mut conn = raw(&url).await;
+    let prefix = store.prefix().to_owned();
+    // A log and message ids without a head (a crash of an older version, a
+    // head deleted by hand): the thread does not exist.
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(format!("{prefix}:{{left}}:log"))
+        .arg("1")
+        .arg("{\"body\":\"stale\"}")
+        .arg("2")
+        .arg("{\"body\":\"stale\"}")
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{prefix}:{{left}}:mids"))
+        .arg("old")
+        .arg("2")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("leave keys behind");
+    let results = store
+        .create_batch(vec![
+            Thread::new("fresh", "task").with_message(NewMessage::with_id("m", json!(0))),
+            Thread::new("left", "task").with_message(NewMessage::with_id("m", json!(1))),
+        ])
+        .await;
+    for result in results {
+        assert_eq!(result.expect("created").last_seq, 1);
+    }
+    let messages = store.load_all_messages("left").await.expect("log");
+    assert_eq!(messages.len(), 1, "only the new message: {messages:?}");
+    assert_eq!(messages[0].body, json!(1));
+    let committed = store
+        .append(
+            "left",
+            ChangeSet::default().with_message(NewMessage::with_id("old", json!(2))),
+            VersionPrecondition::Exact(1),
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        (committed.appended, committed.last_seq),
+        (1, 2),
+        "the stale message id is forgotten"
+    );
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn create_batch_refuses_only_the_threads_whose_keys_are_damaged() {
+    let test = "create_batch_refuses_only_the_threads_whose_keys_are_damaged";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let mut conn = raw(&url).await;
+    let prefix = store.prefix().to_owned();
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("{prefix}:idx:parent:bad"))
+        .arg("not a sorted set")
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{prefix}:{{garbage}}:head"))
+        .arg("not a hash")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("damage");
+    let thread = |id: &str, parent: &str| {
+        Thread::new(id, "task")
+            .with_parent(parent)
+            .with_message(NewMessage::with_id("m", json!(id)))
+    };
+    let results = store
+        .create_batch(vec![
+            thread("a", "good"),
+            thread("b", "bad"),
+            thread("garbage", "good"),
+            thread("c", "good"),
+        ])
+        .await;
+    assert_eq!(results[0].as_ref().expect("a").version, 1);
+    match &results[1] {
+        Err(ThreadStoreError::Backend { message, .. }) => {
+            assert!(message.contains("idx:parent:bad"), "{message}");
+        }
+        other => panic!("b: expected Backend naming the index key, got {other:?}"),
+    }
+    assert!(
+        matches!(&results[2], Err(ThreadStoreError::AlreadyExists { id }) if id == "garbage"),
+        "a head of the wrong type is taken, as for create: {:?}",
+        results[2]
+    );
+    assert_eq!(results[3].as_ref().expect("c").version, 1);
+    assert_eq!(
+        store.load("b").await.expect("load"),
+        None,
+        "b was not written"
+    );
+    let keys = keys_under(&url, &prefix).await;
+    assert!(
+        !keys.iter().any(|key| key.contains("{b}")),
+        "no key of b: {keys:?}"
+    );
+    assert_eq!(
+        store
+            .list_all_threads(ThreadQuery::by_parent("good"))
+            .await
+            .expect("list"),
+        ["a", "c"]
+    );
+
+    // An expiry set of the wrong type refuses every thread, as for create.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:idx:expiring"))
+        .arg("not a sorted set")
+        .query_async(&mut conn)
+        .await
+        .expect("damage the expiry set");
+    let results = store
+        .create_batch(vec![thread("d", "good"), thread("e", "other")])
+        .await;
+    for result in &results {
+        assert!(
+            matches!(result, Err(ThreadStoreError::Backend { .. })),
+            "{result:?}"
+        );
+    }
+    for id in ["d", "e"] {
+        assert_eq!(
+            store.load(id).await.expect("load"),
+            None,
+            "{id} was written"
+        );
+    }
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn create_batch_larger_than_one_round_trip_keeps_order_and_repeats() {
+    let test = "create_batch_larger_than_one_round_trip_keeps_order_and_repeats";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    const N: usize = 4200;
+    let mut threads: Vec<Thread> = (0..N)
+        .map(|i| {
+            Thread::new(format!("t{i:05}"), "task")
+                .with_parent(format!("owner{}", i % 13))
+                .with_state(json!(i))
+        })
+        .collect();
+    // Repeats in the same run and across round trips.
+    threads.push(Thread::new("t00000", "task").with_state(json!("again")));
+    threads.insert(5, Thread::new("t00003", "task").with_state(json!("again")));
+    let results = store.create_batch(threads.clone()).await;
+    assert_eq!(results.len(), threads.len());
+    for (thread, result) in threads.iter().zip(&results) {
+        if thread.state == json!("again") {
+            assert!(
+                matches!(result, Err(ThreadStoreError::AlreadyExists { id }) if *id == thread.id),
+                "{}: {result:?}",
+                thread.id
+            );
+        } else {
+            assert_eq!(
+                result.as_ref().expect("created").version,
+                1,
+                "{}",
+                thread.id
+            );
+        }
+    }
+    let listed = store
+        .list_all_threads(ThreadQuery::by_kind("task"))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), N);
+    assert_eq!(
+        store.load("t00003").await.expect("load").expect("t3").state,
+        json!(3)
+    );
+    purge(&url, store.prefix()).await;
+}

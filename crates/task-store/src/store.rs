@@ -75,7 +75,7 @@ pub trait ThreadWriter: Send + Sync + Debug + 'static {
     /// | backend | cost |
     /// |---|---|
     /// | `MemoryStore` | one lock for the whole batch |
-    /// | `RedisStore` | one round trip; one Lua script per chunk of threads, sharing its key type checks and index updates across the chunk (several times less server CPU per thread than `create`) |
+    /// | `RedisStore` | one round trip per 1024 threads; one Lua script per 128 threads, sharing its key type checks and index updates among them (measured: about 40% less server CPU per thread than one `create` each, and about 1.7 times the threads per second) |
     ///
     /// # Errors
     ///
