@@ -36,6 +36,7 @@ use crate::task_store::{
 use crate::{TaskError, TaskId, TaskStatus, TaskStore};
 
 use super::Inner;
+use super::registry::BuildHasher;
 
 /// Batches in flight at once: one being written while the next one fills.
 const MAX_BATCHES_IN_FLIGHT: usize = 2;
@@ -148,7 +149,7 @@ impl Outbox {
                 backoff: self.backoff,
                 inner: Arc::downgrade(inner),
                 pending: Arc::clone(&self.pending),
-                queues: HashMap::new(),
+                queues: HashMap::default(),
                 ready: VecDeque::new(),
                 delays: DelayQueue::new(),
             };
@@ -214,7 +215,7 @@ struct Writer {
     backoff: Backoff,
     inner: Weak<Inner>,
     pending: Arc<Pending>,
-    queues: HashMap<TaskId, TaskQueue>,
+    queues: HashMap<TaskId, TaskQueue, BuildHasher>,
     ready: VecDeque<TaskId>,
     delays: DelayQueue<TaskId>,
 }
