@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use serde_json::{Value, json};
 use task_store::{ChangeSet, NewMessage, ThreadStoreError, VersionPrecondition};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::context::TaskContext;
@@ -31,7 +31,7 @@ use crate::{
 
 use persist::{Backoff, Job, Outbox, Step};
 pub(crate) use registry::TaskSlot;
-use registry::{Entry, Registry, SlotInit};
+use registry::{Entry, Registry};
 
 pub use recovery::RecoveryReport;
 
@@ -532,23 +532,24 @@ impl BackgroundTaskManager {
         };
         let seq = reg.next_seq;
         reg.next_seq += 1;
-        let owner = reg.owner(owner);
-        let init = SlotInit {
+        let slot = Arc::new(TaskSlot {
             task_id: task_id.clone(),
+            owner: reg.owner(owner),
             task_type: reg.task_type(task_type),
             description,
             parent_task_id,
             metadata,
             created_at_ms: now,
             supports_resume,
-        };
-        let entry = Entry::running(
-            attempt,
-            token.clone(),
-            resumed_attempt,
-            pending_writes + u32::from(start.is_some()),
-        );
-        let slot = Arc::new(TaskSlot::new(init, owner, seq, entry));
+            seq,
+            finished: Notify::new(),
+            state: Mutex::new(Entry::running(
+                attempt,
+                token.clone(),
+                resumed_attempt,
+                pending_writes + u32::from(start.is_some()),
+            )),
+        });
         inner.emit(&slot, attempt, TaskEventKind::Spawned);
         if let (Some(outbox), Some(start)) = (&inner.outbox, start) {
             // Queued before the task can run, so before its finish.
@@ -1215,15 +1216,20 @@ where
     F: FnOnce(TaskContext) -> Fut + Send + 'static,
     Fut: Future<Output = TaskResult> + Send + 'static,
 {
-    let ended = match AssertUnwindSafe(async move { f(ctx).await })
+    let outcome = AssertUnwindSafe(async move { f(ctx).await })
         .catch_unwind()
-        .await
-    {
+        .await;
+    report(&inner, &slot, outcome);
+}
+
+/// Records how a task's future ended: its result, or its panic.
+fn report(inner: &Weak<Inner>, slot: &TaskSlot, outcome: std::thread::Result<TaskResult>) {
+    let ended = match outcome {
         Ok(result) => Ended::Returned(result),
         Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
     };
     if let Some(inner) = inner.upgrade() {
-        inner.finish(&slot, ended);
+        inner.finish(slot, ended);
     }
 }
 
@@ -1251,13 +1257,7 @@ async fn run_task_with_token<F, Fut>(
             work.await
         }
     };
-    let ended = match outcome {
-        Ok(result) => Ended::Returned(result),
-        Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
-    };
-    if let Some(inner) = inner.upgrade() {
-        inner.finish(&slot, ended);
-    }
+    report(&inner, &slot, outcome);
 }
 
 /// Drops cancelled tasks that outlive the cancel grace. Deadlines arrive in

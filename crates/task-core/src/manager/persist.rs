@@ -565,6 +565,12 @@ fn plan_steps(
     plan_steps_on(task_id, attempt, steps, current.map(|c| &c.record))
 }
 
+/// The attempt a finish or an output belongs to: the one known when it was
+/// queued, else the epoch's durable attempt, else the record's, else 1.
+fn attempt_of(queued: Option<u32>, epoch: Option<u32>, record: Option<&TaskRecord>) -> u32 {
+    queued.or(epoch).or(record.map(|r| r.attempt)).unwrap_or(1)
+}
+
 /// Decides what writing `steps` onto `current` changes: the new record (if
 /// any transition applied) and the messages, plus the durable attempt of the
 /// epoch once known. A step the state machine refuses fails the write.
@@ -591,10 +597,7 @@ fn plan_steps_on(
                 at_ms,
             } => {
                 finish = Transition::Finish {
-                    attempt: known
-                        .or(attempt)
-                        .or(record.as_ref().map(|r| r.attempt))
-                        .unwrap_or(1),
+                    attempt: attempt_of(*known, attempt, record.as_ref()),
                     holder: holder.clone(),
                     status: *status,
                     result: result.clone(),
@@ -608,10 +611,7 @@ fn plan_steps_on(
                 seq,
                 value,
             } => {
-                let a = known
-                    .or(attempt)
-                    .or(record.as_ref().map(|r| r.attempt))
-                    .unwrap_or(1);
+                let a = attempt_of(*known, attempt, record.as_ref());
                 messages.push(output_message(a, *seq, value.clone()));
                 continue;
             }

@@ -65,47 +65,11 @@ pub(crate) struct TaskSlot {
     pub(crate) seq: u64,
     /// Woken when the task stops running.
     pub(crate) finished: Notify,
-    state: Mutex<Entry>,
-}
-
-/// What a slot is made from; see [`TaskSlot`].
-#[derive(Debug)]
-pub(crate) struct SlotInit {
-    pub(crate) task_id: TaskId,
-    pub(crate) task_type: Arc<str>,
-    pub(crate) description: String,
-    pub(crate) parent_task_id: Option<TaskId>,
-    pub(crate) metadata: Option<Box<str>>,
-    pub(crate) created_at_ms: u64,
-    pub(crate) supports_resume: bool,
+    /// The task's mutable state; see [`lock`](Self::lock).
+    pub(crate) state: Mutex<Entry>,
 }
 
 impl TaskSlot {
-    pub(crate) fn new(init: SlotInit, owner: Arc<OwnerShared>, seq: u64, entry: Entry) -> Self {
-        let SlotInit {
-            task_id,
-            task_type,
-            description,
-            parent_task_id,
-            metadata,
-            created_at_ms,
-            supports_resume,
-        } = init;
-        Self {
-            task_id,
-            owner,
-            task_type,
-            description,
-            parent_task_id,
-            metadata,
-            created_at_ms,
-            supports_resume,
-            seq,
-            finished: Notify::new(),
-            state: Mutex::new(entry),
-        }
-    }
-
     /// The owner's id.
     pub(crate) fn owner(&self) -> &str {
         &self.owner.name
