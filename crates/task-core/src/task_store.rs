@@ -370,16 +370,15 @@ pub(crate) fn audit_message(transition: &Transition, record: &TaskRecord) -> New
         Transition::SetLease { at_ms, .. } => format!("a{}:lease:{at_ms}", record.attempt),
         _ => format!("a{}:{name}", record.attempt),
     };
-    NewMessage::with_id(
-        id,
-        json!({
-            "type": "transition",
-            "transition": name,
-            "status": record.status,
-            "attempt": record.attempt,
-            "at_ms": record.updated_at_ms,
-        }),
-    )
+    // Built directly rather than with `json!`, which serializes each value
+    // through serde: this runs for every transition the writer persists.
+    let mut body = serde_json::Map::new();
+    body.insert("type".to_owned(), Value::from("transition"));
+    body.insert("transition".to_owned(), Value::from(name));
+    body.insert("status".to_owned(), Value::from(record.status.as_str()));
+    body.insert("attempt".to_owned(), Value::from(record.attempt));
+    body.insert("at_ms".to_owned(), Value::from(record.updated_at_ms));
+    NewMessage::with_id(id, Value::Object(body))
 }
 
 /// The message that records output a task emitted.

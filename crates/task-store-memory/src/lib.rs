@@ -190,17 +190,23 @@ impl Record {
     }
 }
 
+/// Adds `id` to the set under `key`, copying the key only for a new set.
+fn index_into(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    match map.get_mut(key) {
+        Some(ids) => {
+            ids.insert(id.to_owned());
+        }
+        None => {
+            map.insert(key.to_owned(), BTreeSet::from([id.to_owned()]));
+        }
+    }
+}
+
 impl Inner {
     fn index(&mut self, id: &str, kind: &str, parent_id: Option<&str>) {
-        self.by_kind
-            .entry(kind.to_owned())
-            .or_default()
-            .insert(id.to_owned());
+        index_into(&mut self.by_kind, kind, id);
         if let Some(parent) = parent_id {
-            self.by_parent
-                .entry(parent.to_owned())
-                .or_default()
-                .insert(id.to_owned());
+            index_into(&mut self.by_parent, parent, id);
         }
     }
 

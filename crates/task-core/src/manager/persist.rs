@@ -282,9 +282,19 @@ impl Writer {
     }
 
     fn accept(&mut self, job: Job) {
-        let q = self.queues.entry(job.task_id.clone()).or_default();
-        let idle = q.steps.is_empty() && !q.in_flight && !q.delayed;
-        q.steps.push_back((job.epoch, job.step));
+        let idle = match self.queues.get_mut(&job.task_id) {
+            Some(q) => {
+                let idle = q.steps.is_empty() && !q.in_flight && !q.delayed;
+                q.steps.push_back((job.epoch, job.step));
+                idle
+            }
+            None => {
+                let mut q = TaskQueue::default();
+                q.steps.push_back((job.epoch, job.step));
+                self.queues.insert(job.task_id.clone(), q);
+                true
+            }
+        };
         if idle {
             self.ready.push_back(job.task_id);
         }
