@@ -29,6 +29,12 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// A new, unique, time-ordered task id (a UUIDv7 in lowercase hex): ids
 /// generated later sort after ids generated earlier.
 pub fn new_task_id() -> TaskId {
+    new_task_id_at(now_ms())
+}
+
+/// [`new_task_id`] with the timestamp given (milliseconds since the Unix
+/// epoch), for callers that have just read the clock.
+pub(crate) fn new_task_id_at(now_ms: u64) -> TaskId {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     // 48 bits of milliseconds, then a per-process counter that starts at a
@@ -44,7 +50,7 @@ pub fn new_task_id() -> TaskId {
     tail[..8].copy_from_slice(&n.to_be_bytes());
     tail[8..].copy_from_slice(&fastrand::u16(..).to_be_bytes());
     let mut text = [0u8; uuid::fmt::Simple::LENGTH];
-    let text: &str = uuid::Builder::from_unix_timestamp_millis(now_ms(), &tail)
+    let text: &str = uuid::Builder::from_unix_timestamp_millis(now_ms, &tail)
         .into_uuid()
         .simple()
         .encode_lower(&mut text);

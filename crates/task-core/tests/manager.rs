@@ -675,3 +675,27 @@ async fn retention_never_collects_a_task_someone_is_waiting_on() {
     // With the waiter gone, the next listing applies the policy.
     assert!(m.list("o", None).await.is_empty());
 }
+
+#[tokio::test]
+async fn generated_ids_are_unique_and_sort_in_spawn_order() {
+    let m = BackgroundTaskManager::new();
+    let mut ids = Vec::new();
+    for _ in 0..2000 {
+        let id = m
+            .spawn("o", "t", "d", |_| async {
+                TaskResult::Success(json!(null))
+            })
+            .await
+            .expect("spawn");
+        assert_eq!(id.len(), 32, "a UUID in lowercase hex: {id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        ids.push(id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids sort in spawn order"
+    );
+}

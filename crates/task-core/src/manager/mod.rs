@@ -19,6 +19,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::context::TaskContext;
+use crate::model::new_task_id_at;
 use crate::model::{
     now_ms, type_supports_resume, validate_description, validate_owner, validate_task_id,
     validate_task_input, validate_task_type,
@@ -323,6 +324,8 @@ struct Launch<'a> {
     supports_resume: bool,
     /// `Some(n)` when resuming: the durable attempt `n` is already written.
     resumed_attempt: Option<u32>,
+    /// When it starts, by the manager's clock.
+    now_ms: u64,
 }
 
 /// How a task's tokio task ended.
@@ -389,7 +392,8 @@ impl BackgroundTaskManager {
         validate_owner(owner)?;
         validate_task_type(task_type)?;
         validate_description(description)?;
-        let task_id = new_task_id();
+        let now_ms = self.inner.clock.now_ms();
+        let task_id = new_task_id_at(now_ms);
         self.launch(
             Launch {
                 task_id,
@@ -400,6 +404,7 @@ impl BackgroundTaskManager {
                 metadata: Value::Null,
                 supports_resume: type_supports_resume(task_type),
                 resumed_attempt: None,
+                now_ms,
             },
             None,
             f,
@@ -456,6 +461,7 @@ impl BackgroundTaskManager {
                 metadata,
                 supports_resume,
                 resumed_attempt: None,
+                now_ms: self.inner.clock.now_ms(),
             },
             Some(token),
             f,
@@ -485,9 +491,9 @@ impl BackgroundTaskManager {
             metadata,
             supports_resume,
             resumed_attempt,
+            now_ms: now,
         } = launch;
         let inner = &self.inner;
-        let now = inner.clock.now_ms();
         let start = match (&inner.outbox, resumed_attempt) {
             (Some(_), None) => Some(Box::new(TaskRecord {
                 lease: Some(inner.new_lease(now)),
@@ -1054,7 +1060,8 @@ impl BackgroundTaskManager {
         }
         let Some(store) = self.task_store() else {
             let s = local.ok_or_else(|| TaskError::unknown(task_id))?;
-            return self.launch(resume_launch(owner, &s, s.attempt + 1), None, f);
+            let now = self.inner.clock.now_ms();
+            return self.launch(resume_launch(owner, &s, s.attempt + 1, now), None, f);
         };
         let record = self
             .durable_record(owner, task_id)
@@ -1081,7 +1088,7 @@ impl BackgroundTaskManager {
             })?;
         let summary = summary_of(&resumed.record);
         self.launch(
-            resume_launch(owner, &summary, resumed.record.attempt),
+            resume_launch(owner, &summary, resumed.record.attempt, now),
             None,
             f,
         )
@@ -1181,7 +1188,7 @@ fn summary_of(r: &TaskRecord) -> TaskSummary {
 }
 
 /// The launch of a resumed attempt of the task `s` describes.
-fn resume_launch<'a>(owner: &'a str, s: &'a TaskSummary, attempt: u32) -> Launch<'a> {
+fn resume_launch<'a>(owner: &'a str, s: &'a TaskSummary, attempt: u32, now_ms: u64) -> Launch<'a> {
     Launch {
         task_id: s.task_id.clone(),
         owner,
@@ -1191,6 +1198,7 @@ fn resume_launch<'a>(owner: &'a str, s: &'a TaskSummary, attempt: u32) -> Launch
         metadata: s.metadata.clone(),
         supports_resume: s.supports_resume,
         resumed_attempt: Some(attempt),
+        now_ms,
     }
 }
 
