@@ -15,7 +15,8 @@ persistence_suite!(memory());
 
 mod batching {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use async_trait::async_trait;
     use serde_json::Value;
@@ -23,13 +24,15 @@ mod batching {
         AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread, ThreadHead,
         ThreadPage, ThreadQuery, ThreadReader, ThreadSignals, ThreadWriter, VersionPrecondition,
     };
-    use task_core::{BackgroundTaskManager, TaskResult, TaskStatus, TaskStore};
+    use task_core::{BackgroundTaskManager, TaskEventKind, TaskResult, TaskStatus, TaskStore};
     use task_store_memory::MemoryStore;
 
-    /// A `MemoryStore` that counts the writer's calls.
+    /// A `MemoryStore` that counts the writer's calls, and can be made to
+    /// panic in `create_batch` (a store with a bug).
     #[derive(Debug, Default)]
     struct Counting {
         inner: MemoryStore,
+        panics: AtomicBool,
         creates: AtomicUsize,
         create_batches: AtomicUsize,
         appends: AtomicUsize,
@@ -57,6 +60,10 @@ mod batching {
         }
         async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
             self.create_batches.fetch_add(1, Ordering::Relaxed);
+            assert!(
+                !self.panics.load(Ordering::Relaxed),
+                "a store bug: create_batch panics"
+            );
             self.inner.create_batch(threads).await
         }
         async fn append(
@@ -128,5 +135,53 @@ mod batching {
             let summary = m.get(owner, id).await.expect("known");
             assert_eq!(summary.persistence_error, None);
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_lost_to_a_panicking_store_shows_and_does_not_stall_flush() {
+        let counting = Arc::new(Counting::default());
+        counting.panics.store(true, Ordering::Relaxed);
+        let store = Arc::new(TaskStore::new(counting.clone()));
+        let m = BackgroundTaskManager::builder()
+            .task_store(Arc::clone(&store))
+            .build();
+        let mut events = m.subscribe();
+        let id = m
+            .spawn("o", "t", "d", |_| async {
+                TaskResult::Success(Value::Null)
+            })
+            .await
+            .expect("spawn");
+        m.wait("o", &id).await.expect("known");
+        tokio::time::timeout(Duration::from_secs(30), m.flush())
+            .await
+            .expect("flush returns although the write was lost");
+        let summary = m.get("o", &id).await.expect("known");
+        assert_eq!(summary.status, TaskStatus::Completed);
+        assert!(summary.persistence_error.is_some(), "the failure shows");
+        let mut lost = false;
+        while let Ok(event) = events.try_recv() {
+            if let TaskEventKind::PersistenceFailed { error, permanent } = event.kind {
+                lost |= permanent && error.contains("lost");
+            }
+        }
+        assert!(lost, "a permanent failure says the write was lost");
+
+        // The writer goes on: once the store behaves, new tasks persist.
+        counting.panics.store(false, Ordering::Relaxed);
+        let id = m
+            .spawn("o", "t", "d", |_| async {
+                TaskResult::Success(Value::Null)
+            })
+            .await
+            .expect("spawn");
+        m.wait("o", &id).await.expect("known");
+        m.flush().await;
+        assert_eq!(
+            m.get("o", &id).await.expect("known").persistence_error,
+            None
+        );
+        let record = store.load_task(&id).await.expect("load").expect("stored");
+        assert_eq!(record.status, TaskStatus::Completed);
     }
 }

@@ -230,7 +230,16 @@ impl Writer {
                 if picks.is_empty() {
                     break;
                 }
-                in_flight.push(write_batch(Arc::clone(&self.store), picks));
+                // Each batch is its own tokio task, so deciding and encoding
+                // the writes of two batches can run on two cores while this
+                // loop gathers the next steps. What it holds is noted first,
+                // in case it panics (a store's bug): see `lost_batch`.
+                let held: Vec<(TaskId, u64, usize)> = picks
+                    .iter()
+                    .map(|p| (p.task_id.clone(), p.epoch, p.steps.len()))
+                    .collect();
+                let batch = tokio::spawn(write_batch(Arc::clone(&self.store), picks));
+                in_flight.push(async move { (batch.await, held) });
             }
             if !open && self.queues.is_empty() {
                 return;
@@ -245,11 +254,14 @@ impl Writer {
                     }
                     None => open = false,
                 },
-                Some(written) = in_flight.next() => {
-                    for w in written {
-                        self.finish_write(w);
+                Some((written, held)) = in_flight.next() => match written {
+                    Ok(written) => {
+                        for w in written {
+                            self.finish_write(w);
+                        }
                     }
-                }
+                    Err(error) => self.lost_batch(&held, &error.to_string()),
+                },
                 Some(expired) = self.delays.next() => {
                     let task_id = expired.into_inner();
                     if let Some(q) = self.queues.get_mut(&task_id) {
@@ -333,6 +345,38 @@ impl Writer {
             attempt,
             known,
         })
+    }
+
+    /// A batch task died (a panic in a store): its steps are gone, so they
+    /// are reported as permanently failed rather than left in flight, which
+    /// would stall `flush` forever.
+    fn lost_batch(&mut self, held: &[(TaskId, u64, usize)], error: &str) {
+        tracing::error!(%error, tasks = held.len(), "a batch of task writes was lost");
+        let inner = self.inner.upgrade();
+        for (task_id, epoch, steps) in held {
+            let drained = self.queues.get_mut(task_id).is_some_and(|q| {
+                q.in_flight = false;
+                q.cached = None;
+                q.steps.is_empty()
+            });
+            if drained {
+                self.queues.remove(task_id);
+            } else if self.queues.contains_key(task_id) {
+                self.ready.push_back(task_id.clone());
+            }
+            if let Some(inner) = &inner {
+                let message = format!("the write was lost: {error}");
+                inner.on_written(
+                    task_id,
+                    *epoch,
+                    *steps,
+                    None,
+                    Some((message, true)),
+                    drained,
+                );
+            }
+            self.pending.resolve(*steps);
+        }
     }
 
     fn finish_write(&mut self, written: Written) {
