@@ -49,7 +49,12 @@ impl TaskContext {
 
     /// The task's cancellation token, to hand to work it starts (a child
     /// token of it is cancelled with it). Cancelling it is a cancellation
-    /// request: the task ends `cancelled` whatever it returns.
+    /// request: the task ends `cancelled` whatever it returns. (A task
+    /// spawned with [`spawn`](crate::BackgroundTaskManager::spawn) that
+    /// cancels this token itself is not dropped after the cancel grace: it
+    /// is its own code that goes on running. The grace starts with `cancel`,
+    /// `cancel_tree`, a cancel from another process, or a caller's token
+    /// given to `spawn_with_id` being cancelled.)
     pub fn token(&self) -> &RunCancellationToken {
         self.token.get_or_init(|| self.slot.token())
     }
