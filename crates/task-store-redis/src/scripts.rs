@@ -362,12 +362,28 @@ local expiring = KEYS[1]
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 
-local function fmt(x) return string.format('%d', x) end
 -- unpack has a limit on the values it returns: long lists go in slices.
+local SLICE = 1000
+local function fmt(x) return string.format('%d', x) end
 local function call_in_slices(cmd, key, list)
-  for from = 1, #list, 1000 do
-    redis.call(cmd, key, unpack(list, from, math.min(from + 999, #list)))
+  for from = 1, #list, SLICE do
+    redis.call(cmd, key, unpack(list, from, math.min(from + SLICE - 1, #list)))
   end
+end
+
+-- The reply of a key that holds something other than a hash (or nothing),
+-- or nil: the write script's words for it.
+local function not_hash(key, what)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' or t == 'hash' then return nil end
+  return {'corrupt', what .. ' holds a ' .. t .. ', not a hash'}
+end
+
+-- A command's error that is not about the key's type is the run's error.
+local function type_error(key, what, reply)
+  local bad = not_hash(key, what)
+  if bad == nil then error(reply['err']) end
+  return bad
 end
 
 local expiring_type = redis.call('TYPE', expiring)['ok']
@@ -378,80 +394,123 @@ local expiry, expiry_order = {}, {}
 
 local function apply(head, log, mids, id, expected, state, mark, first, c)
   -- Every check comes before the first write: a script is not rolled back.
+  -- Reads check their key's type as they go (a type error is caught); the
+  -- log's type is checked by the item's first write, which a type error
+  -- refuses whole.
   local cur = redis.pcall('HMGET', head, 'v', 'seq', 'term', 'kind', 'parent')
-  if cur['err'] then
-    local t = redis.call('TYPE', head)['ok']
-    if t == 'hash' then error(cur['err']) end
-    return {'corrupt', 'the head key holds a ' .. t .. ', not a hash'}
-  end
+  if cur['err'] then return type_error(head, 'the head key', cur) end
   local version, last_seq = tonumber(cur[1]), tonumber(cur[2])
   if cur[1] == false and redis.call('EXISTS', head) == 0 then return {'notfound'} end
   if version == nil or version < 1 or last_seq == nil or last_seq < 0 then
     return {'corrupt', 'the head has no valid version or sequence number'}
   end
   if expected ~= '' and tonumber(expected) ~= version then return {'conflict', version} end
-  for _, key in ipairs({log, mids}) do
-    local t = redis.call('TYPE', key)['ok']
-    if t ~= 'none' and t ~= 'hash' then
-      return {'corrupt', 'the key ' .. key .. ' holds a ' .. t .. ', not a hash'}
-    end
-  end
-  if expiring_bad then return {'badindex', expiring} end
 
-  -- Messages, skipping ids already in the log.
+  -- Messages, skipping ids already in the log. One message (the common
+  -- case) is handled without building lists.
   local appended, skipped = 0, 0
-  if c > 0 then
+  local seq = cur[2]
+  local entries, new_ids
+  if c == 1 then
+    local mid = ARGV[first]
+    local fresh = true
+    if mid ~= '' then
+      local found = redis.pcall('HEXISTS', mids, mid)
+      if type(found) == 'table' then return type_error(mids, 'the key ' .. mids, found) end
+      fresh = found == 0
+    else
+      local bad = not_hash(mids, 'the key ' .. mids)
+      if bad then return bad end
+    end
+    if fresh then
+      last_seq = last_seq + 1
+      seq = fmt(last_seq)
+      appended = 1
+    else
+      skipped = 1
+    end
+  elseif c > 1 then
     local ids = {}
-    for j = 0, c - 1 do
-      local mid = ARGV[first + 2 * j]
-      if mid ~= '' then ids[#ids + 1] = mid end
+    for j = first, first + 2 * c - 2, 2 do
+      if ARGV[j] ~= '' then ids[#ids + 1] = ARGV[j] end
     end
     local known = {}
-    for from = 1, #ids, 1000 do
-      local found = redis.call('HMGET', mids, unpack(ids, from, math.min(from + 999, #ids)))
-      for k = 1, #found do
-        if found[k] then known[ids[from + k - 1]] = true end
+    if #ids > 0 then
+      for from = 1, #ids, SLICE do
+        local found = redis.pcall('HMGET', mids, unpack(ids, from, math.min(from + SLICE - 1, #ids)))
+        if found['err'] then return type_error(mids, 'the key ' .. mids, found) end
+        for k = 1, #found do
+          if found[k] then known[ids[from + k - 1]] = true end
+        end
       end
+    else
+      local bad = not_hash(mids, 'the key ' .. mids)
+      if bad then return bad end
     end
-    local entries, new_ids = {}, {}
-    for j = 0, c - 1 do
-      local mid = ARGV[first + 2 * j]
+    entries, new_ids = {}, {}
+    for j = first, first + 2 * c - 2, 2 do
+      local mid = ARGV[j]
       if mid ~= '' and known[mid] then
         skipped = skipped + 1
       else
         last_seq = last_seq + 1
-        local s = fmt(last_seq)
-        entries[#entries + 1] = s
-        entries[#entries + 1] = ARGV[first + 2 * j + 1]
-        if mid ~= '' then new_ids[#new_ids + 1] = mid; new_ids[#new_ids + 1] = s end
+        seq = fmt(last_seq)
+        entries[#entries + 1] = seq
+        entries[#entries + 1] = ARGV[j + 1]
+        if mid ~= '' then new_ids[#new_ids + 1] = mid; new_ids[#new_ids + 1] = seq end
         appended = appended + 1
       end
     end
-    if appended > 0 then call_in_slices('HSET', log, entries) end
-    if #new_ids > 0 then call_in_slices('HSET', mids, new_ids) end
+  else
+    local bad = not_hash(mids, 'the key ' .. mids)
+    if bad then return bad end
   end
+  if appended == 0 or expiring_bad then
+    local bad = not_hash(log, 'the key ' .. log)
+    if bad then return bad end
+  end
+  if expiring_bad then return {'badindex', expiring} end
 
-  if state == '' and mark == '' and appended == 0 then
+  if appended > 0 then
+    local written
+    if entries == nil then
+      written = redis.pcall('HSET', log, seq, ARGV[first + 1])
+    else
+      written = redis.pcall('HSET', log, unpack(entries, 1, math.min(SLICE, #entries)))
+    end
+    if type(written) == 'table' and written['err'] then
+      return type_error(log, 'the key ' .. log, written)
+    end
+    if entries == nil then
+      if ARGV[first] ~= '' then redis.call('HSET', mids, ARGV[first], seq) end
+    else
+      for from = SLICE + 1, #entries, SLICE do
+        redis.call('HSET', log, unpack(entries, from, math.min(from + SLICE - 1, #entries)))
+      end
+      call_in_slices('HSET', mids, new_ids)
+    end
+  elseif state == '' and mark == '' then
     return {'ok', version, last_seq, appended, skipped}
   end
+
   version = version + 1
   local term = cur[3] or '0'
   if mark ~= '' then term = mark end
   if state ~= '' then
-    redis.call('HSET', head, 'v', fmt(version), 'seq', fmt(last_seq), 'term', term, 'state', state)
+    redis.call('HSET', head, 'v', fmt(version), 'seq', seq, 'term', term, 'state', state)
   else
-    redis.call('HSET', head, 'v', fmt(version), 'seq', fmt(last_seq), 'term', term)
+    redis.call('HSET', head, 'v', fmt(version), 'seq', seq, 'term', term)
   end
 
   -- Retention, as in the write script; the expiry set is written once per run.
-  local entry = id .. '\n' .. (cur[4] or '') .. '\n' .. (cur[5] or '')
   if term == '1' then
     if ttl > 0 then
       redis.call('PEXPIRE', head, ttl)
       redis.call('PEXPIRE', log, ttl)
       redis.call('PEXPIRE', mids, ttl)
-      if expiry[entry] == nil then expiry_order[#expiry_order + 1] = entry end
-      expiry[entry] = true
+      local e = id .. '\n' .. (cur[4] or '') .. '\n' .. (cur[5] or '')
+      if expiry[e] == nil then expiry_order[#expiry_order + 1] = e end
+      expiry[e] = true
     else
       local left = redis.call('PTTL', head)
       if left > 0 then
@@ -463,8 +522,9 @@ local function apply(head, log, mids, id, expected, state, mark, first, c)
     redis.call('PERSIST', head)
     redis.call('PERSIST', log)
     redis.call('PERSIST', mids)
-    if expiry[entry] == nil then expiry_order[#expiry_order + 1] = entry end
-    expiry[entry] = false
+    local e = id .. '\n' .. (cur[4] or '') .. '\n' .. (cur[5] or '')
+    if expiry[e] == nil then expiry_order[#expiry_order + 1] = e end
+    expiry[e] = false
   end
   return {'ok', version, last_seq, appended, skipped}
 end

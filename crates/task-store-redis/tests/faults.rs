@@ -619,9 +619,17 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
                 exact(1),
             ),
             request("twice", ChangeSet::state(json!("late")), exact(2)),
+            // The other way round: a log of the wrong type and no message,
+            // mids of the wrong type and a message with an id.
+            request(
+                "bad-log",
+                ChangeSet::state(json!(1)),
+                VersionPrecondition::Any,
+            ),
+            request("bad-mids", finish("m1"), VersionPrecondition::Any),
         ])
         .await;
-    assert_eq!(results.len(), 13);
+    assert_eq!(results.len(), 15);
     let committed = |k: usize| {
         let c = results[k].as_ref().expect("applied");
         (c.version, c.last_seq, c.appended, c.skipped)
@@ -681,6 +689,9 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
         "{:?}",
         results[12]
     );
+
+    corrupt(13, "bad-log");
+    corrupt(14, "bad-mids");
 
     // What the refused items left alone, and what the others wrote.
     let ttl_conn = conn.clone();
