@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p task-store-redis --example throughput [-- N [always|everysec]]
 //! cargo run --release -p task-store-redis --example throughput -- tasks [N [REPS [retention]]]
+//! cargo run --release -p task-store-redis --example throughput -- finishes [N [REPS [retention]]]
 //! ```
 //!
 //! The first form: terminal writes per second from one process, sequential,
@@ -21,6 +22,14 @@
 //! over the tasks). With `retention`, the store keeps finished threads for
 //! a day (a TTL and an expiry-set entry each). `THROUGHPUT_ONLY=<text>` runs
 //! only the modes whose label contains the text.
+//!
+//! The third form: finishes of tasks whose start was already written, the
+//! way the task layer appends them (a ~400-byte state, one ~120-byte
+//! message with an id, the finished mark, an `Exact` precondition), on
+//! threads created beforehand (not counted). Through `append` with the
+//! appends of a batch all in flight at once (the write script once per
+//! append, pipelined on the one connection) and through `append_batch` at
+//! several batch sizes; the same figures per append.
 //!
 //! Speed is measured here, never asserted in tests.
 
@@ -82,9 +91,16 @@ fn report(label: &str, n: usize, started: Instant) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("tasks") {
-        tasks_main(&args[1..]).await;
-        return;
+    match args.first().map(String::as_str) {
+        Some("tasks") => {
+            tasks_main(&args[1..], Workload::Creates).await;
+            return;
+        }
+        Some("finishes") => {
+            tasks_main(&args[1..], Workload::Finishes).await;
+            return;
+        }
+        _ => {}
     }
     let n: usize = std::env::args()
         .nth(1)
@@ -221,6 +237,18 @@ async fn server_spent(conn: &mut redis::aio::MultiplexedConnection) -> ServerSpe
 
 /// A finished task as the task layer persists it.
 fn task_thread(run: &str, i: usize) -> Thread {
+    let (mut thread, finish) = task_parts(run, i);
+    thread.messages.extend(finish.messages);
+    thread.state = finish.state.unwrap_or_default();
+    thread.terminal = true;
+    thread
+}
+
+/// A task as the task layer writes it when it runs for a while: the thread
+/// its start created (running, with the start message), and the change set
+/// of its finish (the completed state, the finish message, the finished
+/// mark).
+fn task_parts(run: &str, i: usize) -> (Thread, ChangeSet) {
     let id = format!("task:{run}-{i:08}");
     let owner = format!("conversation-{:03}", i % 100);
     let run_id = format!("01J9ZK{i:020}");
@@ -252,13 +280,95 @@ fn task_thread(run: &str, i: usize) -> Thread {
             "status": "completed",
         })
     };
-    let mut thread = Thread::new(id, "task")
+    let mut running = state.clone();
+    running["status"] = json!("running");
+    running["result"] = json!(null);
+    running["completed_at_ms"] = json!(null);
+    let thread = Thread::new(id, "task")
         .with_parent(owner)
-        .with_state(state)
-        .with_message(NewMessage::with_id("a1:start", event("start", 0)))
-        .with_message(NewMessage::with_id("a1:finish", event("finish", 15)));
-    thread.terminal = true;
-    thread
+        .with_state(running)
+        .with_message(NewMessage::with_id("a1:start", event("start", 0)));
+    let finish = ChangeSet::state(state)
+        .with_message(NewMessage::with_id("a1:finish", event("finish", 15)))
+        .with_terminal(true);
+    (thread, finish)
+}
+
+/// What the modes of `tasks_main` write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Finished tasks written as fresh threads (`create`, `create_batch`).
+    Creates,
+    /// Finishes of tasks whose start is written (`append`, `append_batch`).
+    Finishes,
+}
+
+/// One run of `n` finishes on threads created beforehand (not counted):
+/// through `append` with `batch` appends in flight (`one_each`), or through
+/// `append_batch` of `batch` appends, `in_flight` batches at a time.
+/// Returns appends/s, server µs in EVALSHA per append, server CPU µs per
+/// append.
+async fn finish_run(
+    store: &RedisStore,
+    raw: &mut redis::aio::MultiplexedConnection,
+    run: &str,
+    n: usize,
+    (batch, in_flight, one_each): (usize, usize, bool),
+) -> (f64, f64, f64) {
+    let (threads, finishes): (Vec<Thread>, Vec<ChangeSet>) =
+        (0..n).map(|i| task_parts(run, i)).unzip();
+    let requests: Vec<AppendRequest> = threads
+        .iter()
+        .zip(finishes)
+        .map(|(thread, changes)| AppendRequest {
+            id: thread.id.clone(),
+            changes,
+            precondition: VersionPrecondition::Exact(1),
+        })
+        .collect();
+    for result in store.create_batch(threads).await {
+        result.expect("create the started tasks");
+    }
+    let mut batches = Vec::new();
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        batches.push(requests.by_ref().take(batch).collect::<Vec<_>>());
+    }
+    let before = server_spent(raw).await;
+    let started = Instant::now();
+    let writes = batches.into_iter().map(|batch| {
+        let store = store.clone();
+        async move {
+            let results = if one_each {
+                futures::future::join_all(batch.into_iter().map(|request| {
+                    let store = store.clone();
+                    async move {
+                        store
+                            .append(&request.id, request.changes, request.precondition)
+                            .await
+                    }
+                }))
+                .await
+            } else {
+                store.append_batch(batch).await
+            };
+            for result in results {
+                assert_eq!(result.expect("finish").version, 2);
+            }
+        }
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(in_flight)
+        .collect::<Vec<_>>()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let after = server_spent(raw).await;
+    let appends = n as f64;
+    (
+        appends / secs,
+        (after.evalsha_usec - before.evalsha_usec) as f64 / appends,
+        (after.cpu_secs - before.cpu_secs) * 1e6 / appends,
+    )
 }
 
 /// One run of `n` tasks: through `create` with 64 in flight (`batch == 0`),
@@ -318,7 +428,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-async fn tasks_main(args: &[String]) {
+async fn tasks_main(args: &[String], workload: Workload) {
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let reps: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let retention = args.get(2).map(String::as_str) == Some("retention");
@@ -343,42 +453,56 @@ async fn tasks_main(args: &[String]) {
         .await
         .expect("raw connection");
 
-    // (label, batch size (0: one create each), in flight)
-    let modes: [(&str, usize, usize); 5] = [
-        ("create, 64 in flight", 0, 64),
-        ("create_batch of 64, 4 in flight", 64, 4),
-        ("create_batch of 128, 4 in flight", 128, 4),
-        ("create_batch of 256, 2 in flight", 256, 2),
-        ("create_batch of 1024, 1 in flight", 1024, 1),
-    ];
+    // (label, batch size (0: one create each), in flight, one write each)
+    let modes: Vec<(&str, usize, usize, bool)> = match workload {
+        Workload::Creates => vec![
+            ("create, 64 in flight", 0, 64, true),
+            ("create_batch of 64, 4 in flight", 64, 4, false),
+            ("create_batch of 128, 4 in flight", 128, 4, false),
+            ("create_batch of 256, 2 in flight", 256, 2, false),
+            ("create_batch of 1024, 1 in flight", 1024, 1, false),
+        ],
+        Workload::Finishes => vec![
+            ("append, 256 in flight", 256, 1, true),
+            ("append_batch of 64, 4 in flight", 64, 4, false),
+            ("append_batch of 256, 2 in flight", 256, 2, false),
+            ("append_batch of 1024, 1 in flight", 1024, 1, false),
+        ],
+    };
     println!(
         "{:<36} {:>10} {:>14} {:>14}",
-        "mode", "tasks/s", "evalsha µs/task", "cpu µs/task"
+        "mode", "writes/s", "evalsha µs/w", "cpu µs/w"
     );
     let only = std::env::var("THROUGHPUT_ONLY").unwrap_or_default();
     let modes: Vec<_> = modes
         .into_iter()
-        .filter(|(label, _, _)| label.contains(only.as_str()))
+        .filter(|(label, ..)| label.contains(only.as_str()))
         .collect();
     // The modes take turns within each round, so that the noise of a busy
     // machine spreads over all of them alike.
     let mut figures: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); modes.len()];
     for rep in 0..reps {
-        for ((label, batch, in_flight), (rates, evalsha, cpu)) in modes.iter().zip(&mut figures) {
+        for (&(label, batch, in_flight, one_each), (rates, evalsha, cpu)) in
+            modes.iter().zip(&mut figures)
+        {
             let _: () = redis::cmd("FLUSHALL")
                 .query_async(&mut raw)
                 .await
                 .expect("FLUSHALL");
             let run = format!("b{batch}r{rep}");
-            let (rate, server_us, cpu_us) =
-                task_run(&store, &mut raw, &run, n, *batch, *in_flight).await;
+            let (rate, server_us, cpu_us) = match workload {
+                Workload::Creates => task_run(&store, &mut raw, &run, n, batch, in_flight).await,
+                Workload::Finishes => {
+                    finish_run(&store, &mut raw, &run, n, (batch, in_flight, one_each)).await
+                }
+            };
             println!("  {label:<34} {rate:>10.0} {server_us:>14.2} {cpu_us:>14.2}");
             rates.push(rate);
             evalsha.push(server_us);
             cpu.push(cpu_us);
         }
     }
-    for ((label, _, _), (rates, evalsha, cpu)) in modes.iter().zip(&mut figures) {
+    for ((label, ..), (rates, evalsha, cpu)) in modes.iter().zip(&mut figures) {
         println!(
             "{:<36} {:>10.0} {:>14.2} {:>14.2}   (median of {reps})",
             label,

@@ -111,7 +111,7 @@
 //! |---|---|---|
 //! | `create`, `save` | 1 | the write script: existence or version check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
 //! | `append` | 1 | the write script on the thread's three keys (indexes do not change) |
-//! | `append_batch` | 1 | one pipeline of `EVALSHA`s, each atomic on its own thread, one result each (a second round only for scripts the server had forgotten) |
+//! | `append_batch` | 1 per 1024 appends | one pipeline of runs of the batch append script, each applying up to 128 appends (the further appends of a thread join the run of its first, in order), each all or nothing on its own with the write script's checks: the head read with one `HMGET`, a message id looked up with one `HEXISTS` (or the item's ids with one `HMGET`), one `HSET` each of log, mids and head, the TTLs as the write script sets them, and the expiry set written once per run (a second round only for scripts the server had forgotten) |
 //! | `create_batch` | 1 per 1024 threads | one pipeline of runs of the batch create script, each creating up to 128 threads, each thread all or nothing on its own: the index keys' types checked once per run, one `EXISTS` proving the run's threads fresh, one `HSET` each of a thread's head, log and mids, one `ZADD` per index key for the whole run (a second round only for scripts the server had forgotten) |
 //! | `load` | 1 | `HMGET` of the head |
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
@@ -154,9 +154,9 @@
 //! the two steps is filtered and cleaned, and a thread whose entry is not yet
 //! written is only missing from listings for that moment. This crate connects
 //! to a single endpoint today; the cluster mode of the layout is the step
-//! above, with the write scripts unchanged. The batch create script is the
-//! exception: one run writes the keys of many threads, so under Cluster its
-//! runs would be grouped by slot (or fall back to one write script per
+//! above, with the write scripts unchanged. The batch scripts are the
+//! exception: one run writes the keys of many threads, so under Cluster
+//! their runs would be grouped by slot (or fall back to one write script per
 //! thread).
 //!
 //! # In production

@@ -45,6 +45,14 @@ const CREATE_CHUNK: usize = 128;
 /// timeout whatever the size of the batch.
 const CREATE_CHUNKS_PER_ROUND_TRIP: usize = 8;
 
+/// At most this many appends (of distinct threads; the further appends of a
+/// thread join its first one's run) go into one run of the batch append
+/// script. See [`CREATE_CHUNK`] for why runs are kept short.
+const APPEND_CHUNK: usize = 128;
+
+/// At most this many runs of the batch append script go into one pipeline.
+const APPEND_CHUNKS_PER_ROUND_TRIP: usize = 8;
+
 /// The thread storage contract on Redis or Valkey. See the [crate docs](crate)
 /// for the key layout, the scripts and production notes.
 ///
@@ -785,6 +793,115 @@ impl<'a> CreateChunk<'a> {
     }
 }
 
+/// One run of the batch append script being laid out: the keys and
+/// arguments of its items. See [`scripts::APPEND_BATCH`].
+struct AppendChunk<'a> {
+    keys: &'a KeySpace,
+    thread_keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    /// Per item: its slot in the batch, and how many of its messages were
+    /// skipped here as repeats of an id earlier in the same item.
+    items: Vec<(usize, u64)>,
+}
+
+impl<'a> AppendChunk<'a> {
+    fn new(keys: &'a KeySpace) -> Self {
+        Self {
+            keys,
+            thread_keys: Vec::new(),
+            args: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Lays out one validated append. Fails, changing nothing, when its
+    /// data cannot be encoded.
+    fn push(&mut self, slot: usize, request: &AppendRequest) -> Result<()> {
+        let id = request.id.as_str();
+        let changes = &request.changes;
+        let state = changes
+            .state
+            .as_ref()
+            .map(|s| to_json(id, s))
+            .transpose()?
+            .unwrap_or_default();
+        // A repeated id within the item is skipped, as the write script's
+        // HSETNX would skip it.
+        let mut seen = HashSet::new();
+        let mut messages = Vec::with_capacity(2 * changes.messages.len());
+        let mut repeats = 0u64;
+        for message in &changes.messages {
+            if let Some(mid) = message.id.as_deref()
+                && !seen.insert(mid)
+            {
+                repeats += 1;
+                continue;
+            }
+            let stored = StoredMessageRef {
+                id: message.id.as_deref(),
+                body: &message.body,
+            };
+            messages.push(
+                message
+                    .id
+                    .as_deref()
+                    .unwrap_or_default()
+                    .as_bytes()
+                    .to_vec(),
+            );
+            messages.push(to_json(id, &stored)?.into_bytes());
+        }
+        let expected = match request.precondition {
+            VersionPrecondition::Exact(v) => v.to_string(),
+            VersionPrecondition::Any => String::new(),
+        };
+        let args = &mut self.args;
+        args.push(id.as_bytes().to_vec());
+        args.push(expected.into_bytes());
+        args.push(state.into_bytes());
+        args.push(terminal_arg(changes.terminal).as_bytes().to_vec());
+        args.push((messages.len() / 2).to_string().into_bytes());
+        args.extend(messages);
+        let ThreadKeys { head, log, mids } = self.keys.thread(id);
+        self.thread_keys.extend([head, log, mids]);
+        self.items.push((slot, repeats));
+        Ok(())
+    }
+
+    /// The script's invocation, and per item its slot and repeats.
+    fn finish(self, retention_ms: u64) -> (Invocation, Vec<(usize, u64)>) {
+        let mut invocation = Invocation::new(&scripts::APPEND_BATCH);
+        invocation.args.reserve(2 + self.args.len());
+        invocation.args.push(retention_ms.to_string().into_bytes());
+        invocation
+            .args
+            .push(self.items.len().to_string().into_bytes());
+        invocation.args.extend(self.args);
+        invocation.keys.reserve(1 + self.thread_keys.len());
+        invocation.keys.push(self.keys.expiring());
+        invocation.keys.extend(self.thread_keys);
+        (invocation, self.items)
+    }
+}
+
+/// Splits the batch append script's answer for a run of `n` items into
+/// their replies.
+fn batch_replies(reply: Value, n: usize) -> Result<Vec<Value>> {
+    let odd = |what: String| ThreadStoreError::Backend {
+        message: format!("unexpected answer from the batch append script: {what}"),
+        source: None,
+    };
+    match reply {
+        Value::Array(items) if items.len() == n => Ok(items),
+        Value::Array(items) => Err(odd(format!("{} replies for {n} appends", items.len()))),
+        other => Err(odd(format!("{other:?}"))),
+    }
+}
+
 /// What the batch create script answered for one thread.
 enum CreateStatus {
     Created,
@@ -1070,39 +1187,84 @@ impl ThreadWriter for RedisStore {
         append_result(id, precondition, parse_write_reply(id, reply))
     }
 
+    /// One round trip per 8 runs of the batch append script, each applying
+    /// up to 128 appends (see the crate docs). Items are validated and laid
+    /// out here; all the items of one thread go into the run of its first
+    /// item, in their order, so they apply in order whatever happens to the
+    /// other runs. When a run as a whole fails (a dropped connection, a
+    /// timeout), its items get that error, and the items of later round
+    /// trips are not sent and get it too.
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
-        let mut results: Vec<Option<Result<Committed>>> = Vec::with_capacity(requests.len());
-        let mut invocations = Vec::new();
-        let mut slots = Vec::new();
-        for (i, request) in requests.iter().enumerate() {
-            let prepared = validate_id("thread id", &request.id)
+        let mut results: Vec<Option<Result<Committed>>> = requests.iter().map(|_| None).collect();
+        let mut chunks: Vec<AppendChunk<'_>> = Vec::new();
+        let mut chunk_of: HashMap<&str, usize> = HashMap::new();
+        for (slot, request) in requests.iter().enumerate() {
+            let id = request.id.as_str();
+            if let Err(err) = validate_id("thread id", id)
                 .and_then(|()| validate_messages(&request.changes.messages))
-                .and_then(|()| {
-                    self.append_invocation(&request.id, &request.changes, request.precondition)
-                });
-            match prepared {
-                Ok(invocation) => {
-                    invocations.push(invocation);
-                    slots.push(i);
-                    results.push(None);
+            {
+                results[slot] = Some(Err(err));
+                continue;
+            }
+            let target = match chunk_of.get(id) {
+                Some(&target) => target,
+                None => {
+                    if chunks
+                        .last()
+                        .is_none_or(|chunk| chunk.len() >= APPEND_CHUNK)
+                    {
+                        chunks.push(AppendChunk::new(&self.inner.keys));
+                    }
+                    let target = chunks.len() - 1;
+                    chunk_of.insert(id, target);
+                    target
                 }
-                Err(err) => results.push(Some(Err(err))),
+            };
+            if let Err(err) = chunks[target].push(slot, request) {
+                results[slot] = Some(Err(err));
             }
         }
-
-        let refs: Vec<&Invocation> = invocations.iter().collect();
-        let ids: Vec<Option<&str>> = slots
-            .iter()
-            .map(|&slot| Some(requests[slot].id.as_str()))
+        let chunks: Vec<_> = chunks
+            .into_iter()
+            .filter(|chunk| chunk.len() > 0)
+            .map(|chunk| chunk.finish(self.inner.retention_ms))
             .collect();
-        let replies = self.run_scripts(&refs, &ids).await;
-        for (&slot, reply) in slots.iter().zip(replies) {
-            let request = &requests[slot];
-            results[slot] = Some(append_result(
-                &request.id,
-                request.precondition,
-                reply.and_then(|value| parse_write_reply(&request.id, value)),
-            ));
+
+        let mut failed: Option<ThreadStoreError> = None;
+        for group in chunks.chunks(APPEND_CHUNKS_PER_ROUND_TRIP) {
+            if let Some(err) = &failed {
+                for (slot, _) in group.iter().flat_map(|(_, items)| items) {
+                    results[*slot] = Some(Err(not_sent(err)));
+                }
+                continue;
+            }
+            let invocations: Vec<&Invocation> = group.iter().map(|(inv, _)| inv).collect();
+            let replies = self.run_scripts(&invocations, &[]).await;
+            for ((_, items), reply) in group.iter().zip(replies) {
+                match reply.and_then(|value| batch_replies(value, items.len())) {
+                    Ok(replies) => {
+                        for (&(slot, pre_skipped), reply) in items.iter().zip(replies) {
+                            let request = &requests[slot];
+                            let reply =
+                                parse_write_reply(&request.id, reply).map(|reply| match reply {
+                                    WriteReply::Ok(mut committed) => {
+                                        committed.skipped += pre_skipped;
+                                        WriteReply::Ok(committed)
+                                    }
+                                    other => other,
+                                });
+                            results[slot] =
+                                Some(append_result(&request.id, request.precondition, reply));
+                        }
+                    }
+                    Err(err) => {
+                        for (slot, _) in items {
+                            results[*slot] = Some(Err(clone_error(&err)));
+                        }
+                        failed = Some(err);
+                    }
+                }
+            }
         }
         results
             .into_iter()

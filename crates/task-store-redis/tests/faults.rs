@@ -95,6 +95,24 @@ async fn acknowledged_writes_survive_sigkill_and_the_store_reconnects_after_rest
         assert!(err.is_retryable(), "{err:?}");
     }
 
+    // So does a batch of appends: none is known to be committed.
+    let results = store
+        .append_batch(
+            (0..300)
+                .map(|i| AppendRequest {
+                    id: format!("task:{}", i % 50),
+                    changes: ChangeSet::state(json!("lost")),
+                    precondition: VersionPrecondition::Any,
+                })
+                .collect(),
+        )
+        .await;
+    assert_eq!(results.len(), 300);
+    for result in results {
+        let err = result.expect_err("server is down");
+        assert!(err.is_retryable(), "{err:?}");
+    }
+
     server.restart().expect("restart on the same port and data");
 
     // The same store reconnects by itself.
@@ -432,29 +450,43 @@ async fn append_batch_reloads_scripts_the_server_forgot() {
         .create(Thread::new("b", "task"))
         .await
         .expect("create");
-    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
-    let results = store
-        .append_batch(
-            ["a", "b"]
-                .into_iter()
-                .map(|id| AppendRequest {
-                    id: id.to_owned(),
-                    changes: ChangeSet::state(json!("x")),
-                    precondition: VersionPrecondition::Exact(1),
-                })
-                .collect(),
-        )
-        .await;
-    for result in results {
-        assert_eq!(result.expect("reloaded and applied").version, 2);
+    let more: Vec<Thread> = (0..1500)
+        .map(|i| Thread::new(format!("t{i}"), "task"))
+        .collect();
+    for result in store.create_batch(more).await {
+        result.expect("create");
     }
+    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
+    // More runs than one round trip holds, and a thread repeated across
+    // them: resent runs keep each thread's order.
+    let mut requests: Vec<AppendRequest> = ["a", "b"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..1500).map(|i| format!("t{i}")))
+        .map(|id| AppendRequest {
+            id,
+            changes: ChangeSet::state(json!("x")),
+            precondition: VersionPrecondition::Exact(1),
+        })
+        .collect();
+    requests.push(AppendRequest {
+        id: "a".to_owned(),
+        changes: ChangeSet::state(json!("y")),
+        precondition: VersionPrecondition::Exact(2),
+    });
+    let results = store.append_batch(requests).await;
+    let (last, first) = results.split_last().expect("results");
+    for result in first {
+        assert_eq!(result.as_ref().expect("reloaded and applied").version, 2);
+    }
+    assert_eq!(last.as_ref().expect("after the first").version, 3);
     // And a single write after another flush.
     assert_eq!(server.command(&["SCRIPT", "FLUSH"]).expect("flush"), "+OK");
     store
         .append(
             "a",
-            ChangeSet::state(json!("y")),
-            VersionPrecondition::Exact(2),
+            ChangeSet::state(json!("z")),
+            VersionPrecondition::Exact(3),
         )
         .await
         .expect("invoke reloads on NOSCRIPT");
@@ -488,4 +520,271 @@ async fn create_batch_reloads_scripts_the_server_forgot() {
         store.load("t0").await.expect("load").expect("t0").state,
         json!(0)
     );
+}
+
+#[tokio::test]
+async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
+    let test = "append_batch_gives_each_item_the_outcome_of_its_own_append";
+    let options = RedisStoreOptions::default().with_retention(Some(Duration::from_secs(3600)));
+    let Some(store) = support::shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    for id in [
+        "ok",
+        "stale",
+        "bad-head",
+        "bad-log",
+        "bad-mids",
+        "no-version",
+        "twice",
+        "reopen",
+    ] {
+        let mut thread = Thread::new(id, "task")
+            .with_parent("p")
+            .with_message(NewMessage::with_id("m0", json!(id)));
+        thread.terminal = id == "reopen";
+        store.create(thread).await.expect("create");
+    }
+    let mut conn = raw(&url).await;
+    let key = |id: &str, key: &str| format!("{prefix}:{{{id}}}:{key}");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(key("bad-head", "head"))
+        .ignore()
+        .cmd("SET")
+        .arg(key("bad-head", "head"))
+        .arg("garbage")
+        .ignore()
+        .cmd("DEL")
+        .arg(key("bad-log", "log"))
+        .ignore()
+        .cmd("LPUSH")
+        .arg(key("bad-log", "log"))
+        .arg("x")
+        .ignore()
+        .cmd("DEL")
+        .arg(key("bad-mids", "mids"))
+        .ignore()
+        .cmd("SADD")
+        .arg(key("bad-mids", "mids"))
+        .arg("x")
+        .ignore()
+        .cmd("HDEL")
+        .arg(key("no-version", "head"))
+        .arg("v")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("damage");
+
+    let request = |id: &str, changes: ChangeSet, precondition| AppendRequest {
+        id: id.to_owned(),
+        changes,
+        precondition,
+    };
+    let finish = |mid: &str| {
+        ChangeSet::state(json!("done"))
+            .with_message(NewMessage::with_id(mid, json!(mid)))
+            .with_terminal(true)
+    };
+    let exact = VersionPrecondition::Exact;
+    let results = store
+        .append_batch(vec![
+            request("ok", finish("m1"), exact(1)),
+            request("stale", finish("m1"), exact(7)),
+            request("missing", finish("m1"), VersionPrecondition::Any),
+            request("bad-head", finish("m1"), VersionPrecondition::Any),
+            request("", finish("m1"), VersionPrecondition::Any),
+            request("bad-log", finish("m1"), VersionPrecondition::Any),
+            request("twice", ChangeSet::state(json!("one")), exact(1)),
+            request(
+                "bad-mids",
+                ChangeSet::state(json!(1)),
+                VersionPrecondition::Any,
+            ),
+            request("no-version", finish("m1"), VersionPrecondition::Any),
+            request(
+                "ok",
+                ChangeSet::default()
+                    .with_message(NewMessage::with_id("m0", json!("again")))
+                    .with_message(NewMessage::with_id("m1", json!("again"))),
+                exact(2),
+            ),
+            request("twice", finish("m1"), exact(2)),
+            request(
+                "reopen",
+                ChangeSet::default().with_terminal(false),
+                exact(1),
+            ),
+            request("twice", ChangeSet::state(json!("late")), exact(2)),
+            // The other way round: a log of the wrong type and no message,
+            // mids of the wrong type and a message with an id.
+            request(
+                "bad-log",
+                ChangeSet::state(json!(1)),
+                VersionPrecondition::Any,
+            ),
+            request("bad-mids", finish("m1"), VersionPrecondition::Any),
+        ])
+        .await;
+    assert_eq!(results.len(), 15);
+    let committed = |k: usize| {
+        let c = results[k].as_ref().expect("applied");
+        (c.version, c.last_seq, c.appended, c.skipped)
+    };
+    let corrupt = |k: usize, want: &str| match &results[k] {
+        Err(ThreadStoreError::Corrupt { id, .. }) => assert_eq!(id, want),
+        other => panic!("{want}: expected Corrupt, got {other:?}"),
+    };
+    assert_eq!(committed(0), (2, 2, 1, 0));
+    assert!(
+        matches!(
+            results[1],
+            Err(ThreadStoreError::VersionConflict {
+                expected: 7,
+                actual: 1,
+                ..
+            })
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2], Err(ThreadStoreError::NotFound { id }) if id == "missing"),
+        "{:?}",
+        results[2]
+    );
+    corrupt(3, "bad-head");
+    assert!(
+        matches!(results[4], Err(ThreadStoreError::InvalidInput { .. })),
+        "{:?}",
+        results[4]
+    );
+    corrupt(5, "bad-log");
+    assert_eq!(committed(6), (2, 1, 0, 0));
+    corrupt(7, "bad-mids");
+    corrupt(8, "no-version");
+    assert_eq!(
+        committed(9),
+        (2, 2, 0, 2),
+        "only known ids: nothing changes"
+    );
+    assert_eq!(
+        committed(10),
+        (3, 2, 1, 0),
+        "sees the first append of twice"
+    );
+    assert_eq!(committed(11), (2, 1, 0, 0));
+    assert!(
+        matches!(
+            results[12],
+            Err(ThreadStoreError::VersionConflict {
+                expected: 2,
+                actual: 3,
+                ..
+            })
+        ),
+        "{:?}",
+        results[12]
+    );
+
+    corrupt(13, "bad-log");
+    corrupt(14, "bad-mids");
+
+    // What the refused items left alone, and what the others wrote.
+    let ttl_conn = conn.clone();
+    let ttl = |id: &str, k: &str| {
+        let mut conn = ttl_conn.clone();
+        let key = key(id, k);
+        async move {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            ttl
+        }
+    };
+    for id in ["stale", "bad-log", "bad-mids"] {
+        let version: String = redis::cmd("HGET")
+            .arg(key(id, "head"))
+            .arg("v")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        assert_eq!(version, "1", "{id} left alone");
+        assert_eq!(ttl(id, "head").await, -1, "{id} left alone");
+    }
+    let head_type: String = redis::cmd("TYPE")
+        .arg(key("bad-head", "head"))
+        .query_async(&mut conn)
+        .await
+        .expect("TYPE");
+    assert_eq!(head_type, "string");
+    assert_eq!(ttl("bad-head", "mids").await, -1, "bad-head left alone");
+    let twice = store.load("twice").await.expect("load").expect("twice");
+    assert_eq!(
+        (twice.version, twice.state, twice.terminal),
+        (3, json!("done"), true)
+    );
+    for k in ["head", "log", "mids"] {
+        assert!(ttl("twice", k).await > 3_500_000, "twice's {k} expires");
+        assert!(ttl("ok", k).await > 3_500_000, "ok's {k} expires");
+        assert_eq!(ttl("reopen", k).await, -1, "reopen's {k} is kept");
+    }
+    let expiring: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{prefix}:idx:expiring"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(expiring, ["ok\ntask\np", "twice\ntask\np"]);
+
+    // An expiry set of the wrong type refuses every item, as for append,
+    // and nothing is written.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:idx:expiring"))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:idx:expiring"))
+        .arg("not a sorted set")
+        .query_async(&mut conn)
+        .await
+        .expect("damage the expiry set");
+    let results = store
+        .append_batch(vec![
+            request("stale", finish("m2"), exact(1)),
+            request("reopen", ChangeSet::state(json!(2)), exact(2)),
+        ])
+        .await;
+    for result in &results {
+        assert!(
+            matches!(result, Err(ThreadStoreError::Backend { message, .. }) if message.contains("idx:expiring")),
+            "{result:?}"
+        );
+    }
+    assert_eq!(
+        store
+            .load("stale")
+            .await
+            .expect("load")
+            .expect("stale")
+            .version,
+        1
+    );
+    assert_eq!(
+        store
+            .load("reopen")
+            .await
+            .expect("load")
+            .expect("reopen")
+            .version,
+        2
+    );
+    purge(&url, &prefix).await;
 }

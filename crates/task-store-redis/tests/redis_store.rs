@@ -969,3 +969,274 @@ async fn create_batch_larger_than_one_round_trip_keeps_order_and_repeats() {
     );
     purge(&url, store.prefix()).await;
 }
+
+/// A thread to start from and the appends to apply to it, in order.
+type AppendShape = (Thread, Vec<(ChangeSet, VersionPrecondition)>);
+
+/// Threads of several shapes, each with a sequence of appends that covers
+/// one rule of the write script: states, finished marks set, kept and
+/// cleared, messages with and without ids, ids already in the log or
+/// repeated in one append, appends that change nothing.
+fn append_shapes(id: &str) -> Vec<AppendShape> {
+    let exact = VersionPrecondition::Exact;
+    let any = VersionPrecondition::Any;
+    let event =
+        |name: &str| NewMessage::with_id(name, json!({ "event": name, "pad": "x".repeat(40) }));
+    let running = |suffix: &str| {
+        Thread::new(format!("{id}-{suffix}"), "task")
+            .with_parent("owner")
+            .with_state(json!({ "status": "running" }))
+            .with_message(event("a1:start"))
+    };
+    let mut finished = Thread::new(format!("{id}-finished"), "task").with_state(json!(0));
+    finished.terminal = true;
+    vec![
+        // A task's finish: state, one message with an id, the mark.
+        (
+            running("finish"),
+            vec![(
+                ChangeSet::state(json!({ "status": "completed" }))
+                    .with_message(event("a1:finish"))
+                    .with_terminal(true),
+                exact(1),
+            )],
+        ),
+        // Finished, changed while finished, un-finished, finished again.
+        (
+            running("flip"),
+            vec![
+                (ChangeSet::default().with_terminal(true), exact(1)),
+                (ChangeSet::state(json!("while finished")), exact(2)),
+                (
+                    ChangeSet::default()
+                        .with_message(NewMessage::new(json!("reopened")))
+                        .with_terminal(false),
+                    any,
+                ),
+                (
+                    ChangeSet::state(json!("done")).with_terminal(true),
+                    exact(4),
+                ),
+            ],
+        ),
+        // Duplicates: an id already in the log, one repeated in an append,
+        // and an append of nothing but known ids (it changes nothing).
+        (
+            running("dups"),
+            vec![
+                (
+                    ChangeSet::default()
+                        .with_message(event("a1:start"))
+                        .with_message(event("m1"))
+                        .with_message(NewMessage::new(json!("no id")))
+                        .with_message(event("m1"))
+                        .with_message(event("m2")),
+                    exact(1),
+                ),
+                (
+                    ChangeSet::default()
+                        .with_message(event("m2"))
+                        .with_message(event("a1:start")),
+                    exact(2),
+                ),
+                (ChangeSet::default(), any),
+                (
+                    ChangeSet::default()
+                        .with_message(event("m3"))
+                        .with_message(event("m3"))
+                        .with_terminal(true),
+                    any,
+                ),
+            ],
+        ),
+        // Created finished: an append that keeps the mark renews the
+        // retention (or copies the head's TTL, of which it has none).
+        (
+            finished,
+            vec![(
+                ChangeSet::state(json!(1)).with_message(NewMessage::new(json!("late"))),
+                exact(1),
+            )],
+        ),
+        // Finished, then un-finished again by the next append.
+        (
+            running("reopen"),
+            vec![
+                (
+                    ChangeSet::state(json!("done")).with_terminal(true),
+                    exact(1),
+                ),
+                (
+                    ChangeSet::default()
+                        .with_message(event("a2:start"))
+                        .with_terminal(false),
+                    exact(2),
+                ),
+            ],
+        ),
+        // Clearing the mark of a thread that was never finished.
+        (
+            running("never"),
+            vec![(ChangeSet::default().with_terminal(false), exact(1))],
+        ),
+    ]
+}
+
+async fn append_batch_writes_what_appends_write(test: &str, retention: Option<Duration>) {
+    let options = RedisStoreOptions::default().with_retention(retention);
+    let Some(store) = shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let mut conn = raw(&url).await;
+    let prefix = store.prefix().to_owned();
+    let (by_append, by_batch) = (append_shapes("s"), append_shapes("b"));
+    let mut batch = Vec::new();
+    for (thread, _) in by_append.iter().chain(&by_batch) {
+        store.create(thread.clone()).await.expect("create");
+    }
+    // A head with a TTL set by hand and a log and mids without: finishing
+    // it without a retention gives them the head's TTL.
+    for id in [&by_append[0].0.id, &by_batch[0].0.id] {
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(format!("{prefix}:{{{id}}}:head"))
+            .arg(3_600_000)
+            .query_async(&mut conn)
+            .await
+            .expect("PEXPIRE");
+    }
+    let mut expected = Vec::new();
+    for (thread, appends) in &by_append {
+        for (changes, precondition) in appends {
+            let committed = store
+                .append(&thread.id, changes.clone(), *precondition)
+                .await
+                .expect("append");
+            expected.push(committed);
+        }
+    }
+    // The appends of each thread, interleaved with the other threads'.
+    let longest = by_batch.iter().map(|(_, a)| a.len()).max().unwrap_or(0);
+    for step in 0..longest {
+        for (thread, appends) in &by_batch {
+            if let Some((changes, precondition)) = appends.get(step) {
+                batch.push(AppendRequest {
+                    id: thread.id.clone(),
+                    changes: changes.clone(),
+                    precondition: *precondition,
+                });
+            }
+        }
+    }
+    let mut got: Vec<(String, task_store::Committed)> = batch
+        .iter()
+        .map(|request| request.id.clone())
+        .zip(store.append_batch(batch.clone()).await)
+        .map(|(id, result)| (id, result.expect("batched append")))
+        .collect();
+    // Back into the order of the sequential appends: thread by thread.
+    got.sort_by_key(|(id, _)| {
+        by_batch
+            .iter()
+            .position(|(thread, _)| thread.id == *id)
+            .unwrap_or(usize::MAX)
+    });
+    let got: Vec<_> = got.into_iter().map(|(_, committed)| committed).collect();
+    assert_eq!(got, expected, "what each append committed");
+    for ((a, _), (b, _)) in by_append.iter().zip(&by_batch) {
+        let (kind, parent) = (a.kind.as_str(), a.parent_id.as_deref());
+        let one_by_one = written(&mut conn, &prefix, &a.id, kind, parent).await;
+        let batched = written(&mut conn, &prefix, &b.id, kind, parent).await;
+        assert_eq!(batched, one_by_one, "{}", a.id);
+    }
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn append_batch_writes_what_appends_write_with_a_retention() {
+    append_batch_writes_what_appends_write(
+        "append_batch_writes_what_appends_write_with_a_retention",
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn append_batch_writes_what_appends_write_without_a_retention() {
+    append_batch_writes_what_appends_write(
+        "append_batch_writes_what_appends_write_without_a_retention",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn append_batch_larger_than_one_round_trip_keeps_each_threads_order() {
+    let test = "append_batch_larger_than_one_round_trip_keeps_each_threads_order";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    const N: usize = 2500;
+    let threads: Vec<Thread> = (0..N)
+        .map(|i| Thread::new(format!("t{i:05}"), "task").with_state(json!(i)))
+        .collect();
+    for result in store.create_batch(threads).await {
+        result.expect("created");
+    }
+    let append = |i: usize, version: u64, state: &str| AppendRequest {
+        id: format!("t{i:05}"),
+        changes: ChangeSet::state(json!(state)).with_message(NewMessage::with_id(state, json!(i))),
+        precondition: VersionPrecondition::Exact(version),
+    };
+    let mut requests: Vec<AppendRequest> = (0..N).map(|i| append(i, 1, "first")).collect();
+    // Later appends of threads whose first append is in another run and
+    // another round trip: each must see its thread's first append.
+    requests.push(append(0, 2, "second"));
+    requests.push(append(2000, 2, "second"));
+    requests.push(append(0, 3, "third"));
+    requests.push(append(5, 1, "stale"));
+    // One append with more messages than one Redis call takes at once.
+    requests.push(AppendRequest {
+        id: "t00007".to_owned(),
+        changes: ChangeSet {
+            messages: (0..2600)
+                .map(|k| NewMessage::with_id(format!("many-{k}"), json!(k)))
+                .chain([NewMessage::with_id("first", json!("known"))])
+                .collect(),
+            ..ChangeSet::default()
+        },
+        precondition: VersionPrecondition::Any,
+    });
+    let results = store.append_batch(requests).await;
+    assert_eq!(results.len(), N + 5);
+    for (i, result) in results[..N].iter().enumerate() {
+        let committed = result.as_ref().expect("first appends apply");
+        assert_eq!((committed.version, committed.last_seq), (2, 1), "t{i:05}");
+    }
+    let version = |k: usize| results[k].as_ref().expect("applied in order").version;
+    assert_eq!((version(N), version(N + 1), version(N + 2)), (3, 3, 4));
+    assert!(
+        matches!(
+            results[N + 3],
+            Err(ThreadStoreError::VersionConflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{:?}",
+        results[N + 3]
+    );
+    let many = results[N + 4].as_ref().expect("many messages");
+    assert_eq!(
+        (many.version, many.last_seq, many.appended, many.skipped),
+        (3, 2601, 2600, 1)
+    );
+    let head = store.load("t00000").await.expect("load").expect("t0");
+    assert_eq!((head.version, head.state), (4, json!("third")));
+    let log = store.load_all_messages("t00007").await.expect("log");
+    assert_eq!(log.len(), 2601);
+    assert_eq!(log[2600].body, json!(2599));
+    purge(&url, store.prefix()).await;
+}
