@@ -230,6 +230,15 @@ local function not_zset(key)
   return t ~= 'none' and t ~= 'zset'
 end
 
+-- unpack has a limit on the values it returns (about 8000): a long log
+-- goes in slices (of field/value pairs, so SLICE is even).
+local SLICE = 1000
+local function hset_in_slices(key, list)
+  for from = 1, #list, SLICE do
+    redis.call('HSET', key, unpack(list, from, math.min(from + SLICE - 1, #list)))
+  end
+end
+
 -- Every check comes before the first write: a script is not rolled back.
 local expiring_bad = not_zset(expiring)
 local bad = {}
@@ -287,8 +296,8 @@ for i = 1, n do
         entries[2 * j] = ARGV[first + 2 * j - 1]
         if mid ~= '' then ids[#ids + 1] = mid; ids[#ids + 1] = s end
       end
-      redis.call('HSET', log, unpack(entries))
-      if #ids > 0 then redis.call('HSET', mids, unpack(ids)); has_mids = true end
+      hset_in_slices(log, entries)
+      if #ids > 0 then hset_in_slices(mids, ids); has_mids = true end
     end
     member(2, id)
     member(kind_pos, id)

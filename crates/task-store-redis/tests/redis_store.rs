@@ -832,6 +832,47 @@ async fn create_batch_drops_keys_left_behind_under_a_fresh_id() {
 }
 
 #[tokio::test]
+async fn create_batch_writes_a_thread_with_a_log_longer_than_lua_can_unpack() {
+    // Lua's unpack returns at most about 8,000 values; 6,000 messages with
+    // ids are 12,000 log values and 12,000 id values.
+    let test = "create_batch_writes_a_thread_with_a_log_longer_than_lua_can_unpack";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    let mut long = Thread::new("long", "task");
+    for i in 0..6000 {
+        long = long.with_message(NewMessage::with_id(format!("m{i}"), json!(i)));
+    }
+    let results = store
+        .create_batch(vec![
+            Thread::new("before", "task"),
+            long,
+            Thread::new("after", "task"),
+        ])
+        .await;
+    assert_eq!(results.len(), 3);
+    for result in results {
+        result.expect("created");
+    }
+    let messages = store.load_all_messages("long").await.expect("log");
+    assert_eq!(messages.len(), 6000);
+    assert_eq!(messages[5999].body, json!(5999));
+    let committed = store
+        .append(
+            "long",
+            ChangeSet::default().with_message(NewMessage::with_id("m4321", json!("again"))),
+            VersionPrecondition::Exact(1),
+        )
+        .await
+        .expect("append");
+    assert_eq!(committed.skipped, 1, "every message id was recorded");
+    assert!(store.load("after").await.expect("load").is_some());
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
 async fn create_batch_refuses_only_the_threads_whose_keys_are_damaged() {
     let test = "create_batch_refuses_only_the_threads_whose_keys_are_damaged";
     let Some(store) = shared_store(test).await else {
