@@ -689,30 +689,7 @@ impl<'a> CreateChunk<'a> {
         let state = to_json(id, &thread.state)?;
         let meta = to_json(id, &thread.metadata)?;
         // The log of a fresh thread: in order, repeated ids skipped.
-        let mut seen = HashSet::new();
-        let mut messages = Vec::with_capacity(2 * thread.messages.len());
-        let mut skipped = 0u64;
-        for message in &thread.messages {
-            if let Some(mid) = message.id.as_deref()
-                && !seen.insert(mid)
-            {
-                skipped += 1;
-                continue;
-            }
-            let stored = StoredMessageRef {
-                id: message.id.as_deref(),
-                body: &message.body,
-            };
-            messages.push(
-                message
-                    .id
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes()
-                    .to_vec(),
-            );
-            messages.push(to_json(id, &stored)?.into_bytes());
-        }
+        let (messages, skipped) = encode_messages(id, &thread.messages)?;
         let appended = (messages.len() / 2) as u64;
 
         let kind = thread.kind.as_str();
@@ -831,30 +808,7 @@ impl<'a> AppendChunk<'a> {
             .unwrap_or_default();
         // A repeated id within the item is skipped, as the write script's
         // HSETNX would skip it.
-        let mut seen = HashSet::new();
-        let mut messages = Vec::with_capacity(2 * changes.messages.len());
-        let mut repeats = 0u64;
-        for message in &changes.messages {
-            if let Some(mid) = message.id.as_deref()
-                && !seen.insert(mid)
-            {
-                repeats += 1;
-                continue;
-            }
-            let stored = StoredMessageRef {
-                id: message.id.as_deref(),
-                body: &message.body,
-            };
-            messages.push(
-                message
-                    .id
-                    .as_deref()
-                    .unwrap_or_default()
-                    .as_bytes()
-                    .to_vec(),
-            );
-            messages.push(to_json(id, &stored)?.into_bytes());
-        }
+        let (messages, repeats) = encode_messages(id, &changes.messages)?;
         let expected = match request.precondition {
             VersionPrecondition::Exact(v) => v.to_string(),
             VersionPrecondition::Any => String::new(),
@@ -1616,6 +1570,31 @@ fn parse_head(id: &str, values: Vec<Option<Vec<u8>>>) -> Result<Option<ThreadHea
         last_seq,
         terminal,
     }))
+}
+
+/// The messages of one write as the batch scripts take them: id (empty for
+/// none) and stored JSON, pair by pair, in order, with ids repeated within
+/// the write left out; and how many were left out.
+fn encode_messages(thread: &str, messages: &[NewMessage]) -> Result<(Vec<Vec<u8>>, u64)> {
+    let mut seen = HashSet::new();
+    let mut encoded = Vec::with_capacity(2 * messages.len());
+    let mut repeats = 0u64;
+    for message in messages {
+        let mid = message.id.as_deref();
+        if let Some(mid) = mid
+            && !seen.insert(mid)
+        {
+            repeats += 1;
+            continue;
+        }
+        let stored = StoredMessageRef {
+            id: mid,
+            body: &message.body,
+        };
+        encoded.push(mid.unwrap_or_default().as_bytes().to_vec());
+        encoded.push(to_json(thread, &stored)?.into_bytes());
+    }
+    Ok((encoded, repeats))
 }
 
 #[cfg(test)]
