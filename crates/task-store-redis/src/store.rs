@@ -636,6 +636,40 @@ impl RedisStore {
             })
             .collect()
     }
+
+    /// Sends the runs of a batch script, `per_round_trip` runs to a pipeline,
+    /// and fills `results` (indexed by each item's slot). `settle` turns one
+    /// run's reply into its items' results; when it cannot (a reply of the
+    /// wrong shape), or the round trip failed, the run's items get that
+    /// error and the later runs are not sent (their items get a retryable
+    /// error saying so), as a transport failure leaves the rest unknown.
+    async fn send_runs<X>(
+        &self,
+        runs: &[(Invocation, Vec<(usize, X)>)],
+        per_round_trip: usize,
+        results: &mut [Option<Result<Committed>>],
+        mut settle: impl FnMut(&[(usize, X)], Value, &mut [Option<Result<Committed>>]) -> Result<()>,
+    ) {
+        let mut failed: Option<ThreadStoreError> = None;
+        for group in runs.chunks(per_round_trip) {
+            if let Some(err) = &failed {
+                for (slot, _) in group.iter().flat_map(|(_, items)| items) {
+                    results[*slot] = Some(Err(not_sent(err)));
+                }
+                continue;
+            }
+            let invocations: Vec<&Invocation> = group.iter().map(|(inv, _)| inv).collect();
+            let replies = self.run_scripts(&invocations, &[]).await;
+            for ((_, items), reply) in group.iter().zip(replies) {
+                if let Err(err) = reply.and_then(|value| settle(items, value, results)) {
+                    for (slot, _) in items {
+                        results[*slot] = Some(Err(clone_error(&err)));
+                    }
+                    failed = Some(err);
+                }
+            }
+        }
+    }
 }
 
 /// One run of the batch create script being laid out: the index keys of
@@ -1087,41 +1121,28 @@ impl ThreadWriter for RedisStore {
             chunks.push(chunk.finish(self.inner.retention_ms));
         }
 
-        let mut failed: Option<ThreadStoreError> = None;
-        for group in chunks.chunks(CREATE_CHUNKS_PER_ROUND_TRIP) {
-            if let Some(err) = &failed {
-                for (slot, _) in group.iter().flat_map(|(_, items)| items) {
-                    results[*slot] = Some(Err(not_sent(err)));
-                }
-                continue;
-            }
-            let invocations: Vec<&Invocation> = group.iter().map(|(inv, _)| inv).collect();
-            let replies = self.run_scripts(&invocations, &[]).await;
-            for ((_, items), reply) in group.iter().zip(replies) {
-                match reply.and_then(|value| create_statuses(value, items.len())) {
-                    Ok(statuses) => {
-                        for ((slot, committed), status) in items.iter().zip(statuses) {
-                            let id = &threads[*slot].id;
-                            results[*slot] = Some(match status {
-                                CreateStatus::Created => Ok(*committed),
-                                CreateStatus::Taken => {
-                                    Err(ThreadStoreError::AlreadyExists { id: id.clone() })
-                                }
-                                CreateStatus::BadKey(key) => {
-                                    Err(write_error(id, None, WriteReply::BadIndex(key)))
-                                }
-                            });
+        self.send_runs(
+            &chunks,
+            CREATE_CHUNKS_PER_ROUND_TRIP,
+            &mut results,
+            |items, value, results| {
+                let statuses = create_statuses(value, items.len())?;
+                for ((slot, committed), status) in items.iter().zip(statuses) {
+                    let id = &threads[*slot].id;
+                    results[*slot] = Some(match status {
+                        CreateStatus::Created => Ok(*committed),
+                        CreateStatus::Taken => {
+                            Err(ThreadStoreError::AlreadyExists { id: id.clone() })
                         }
-                    }
-                    Err(err) => {
-                        for (slot, _) in items {
-                            results[*slot] = Some(Err(clone_error(&err)));
+                        CreateStatus::BadKey(key) => {
+                            Err(write_error(id, None, WriteReply::BadIndex(key)))
                         }
-                        failed = Some(err);
-                    }
+                    });
                 }
-            }
-        }
+                Ok(())
+            },
+        )
+        .await;
         results
             .into_iter()
             .map(|result| result.unwrap_or_else(|| Err(missing_result())))
@@ -1184,42 +1205,27 @@ impl ThreadWriter for RedisStore {
             .map(|chunk| chunk.finish(self.inner.retention_ms))
             .collect();
 
-        let mut failed: Option<ThreadStoreError> = None;
-        for group in chunks.chunks(APPEND_CHUNKS_PER_ROUND_TRIP) {
-            if let Some(err) = &failed {
-                for (slot, _) in group.iter().flat_map(|(_, items)| items) {
-                    results[*slot] = Some(Err(not_sent(err)));
-                }
-                continue;
-            }
-            let invocations: Vec<&Invocation> = group.iter().map(|(inv, _)| inv).collect();
-            let replies = self.run_scripts(&invocations, &[]).await;
-            for ((_, items), reply) in group.iter().zip(replies) {
-                match reply.and_then(|value| batch_replies(value, items.len())) {
-                    Ok(replies) => {
-                        for (&(slot, pre_skipped), reply) in items.iter().zip(replies) {
-                            let request = &requests[slot];
-                            let reply =
-                                parse_write_reply(&request.id, reply).map(|reply| match reply {
-                                    WriteReply::Ok(mut committed) => {
-                                        committed.skipped += pre_skipped;
-                                        WriteReply::Ok(committed)
-                                    }
-                                    other => other,
-                                });
-                            results[slot] =
-                                Some(append_result(&request.id, request.precondition, reply));
+        self.send_runs(
+            &chunks,
+            APPEND_CHUNKS_PER_ROUND_TRIP,
+            &mut results,
+            |items, value, results| {
+                let replies = batch_replies(value, items.len())?;
+                for (&(slot, pre_skipped), reply) in items.iter().zip(replies) {
+                    let request = &requests[slot];
+                    let reply = parse_write_reply(&request.id, reply).map(|reply| match reply {
+                        WriteReply::Ok(mut committed) => {
+                            committed.skipped += pre_skipped;
+                            WriteReply::Ok(committed)
                         }
-                    }
-                    Err(err) => {
-                        for (slot, _) in items {
-                            results[*slot] = Some(Err(clone_error(&err)));
-                        }
-                        failed = Some(err);
-                    }
+                        other => other,
+                    });
+                    results[slot] = Some(append_result(&request.id, request.precondition, reply));
                 }
-            }
-        }
+                Ok(())
+            },
+        )
+        .await;
         results
             .into_iter()
             .map(|result| result.unwrap_or_else(|| Err(missing_result())))
