@@ -275,15 +275,20 @@ impl Registry {
             name: owner.into(),
             running: AtomicUsize::new(0),
         });
+        self.add_owner(Arc::clone(&shared));
+        shared
+    }
+
+    /// An empty index for an owner.
+    fn add_owner(&mut self, shared: Arc<OwnerShared>) {
         self.owners.insert(
-            owner.into(),
+            shared.name.clone(),
             OwnerTasks {
-                shared: Arc::clone(&shared),
+                shared,
                 order: BTreeMap::new(),
                 children: HashMap::default(),
             },
         );
-        shared
     }
 
     /// The interned form of a task type.
@@ -298,9 +303,12 @@ impl Registry {
         t
     }
 
-    /// Inserts a new, running task and indexes it. Its owner's index exists
-    /// ([`owner`](Self::owner) made the slot's owner record).
+    /// Inserts a new, running task and indexes it under the owner record
+    /// its slot holds (made by [`owner`](Self::owner)).
     pub(crate) fn insert(&mut self, slot: Arc<TaskSlot>) {
+        if !self.owners.contains_key(slot.owner()) {
+            self.add_owner(Arc::clone(&slot.owner));
+        }
         if let Some(owner) = self.owners.get_mut(slot.owner()) {
             owner.order.insert(slot.seq, Arc::clone(&slot));
             owner.shared.running.fetch_add(1, Ordering::AcqRel);
