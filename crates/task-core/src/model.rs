@@ -205,6 +205,8 @@ pub(crate) fn type_supports_resume(task_type: &str) -> bool {
 }
 
 /// Checks the caller-supplied fields of a task before anything is changed.
+/// Returns the metadata as the JSON text its size was checked on (`None` for
+/// `null`), so a caller that keeps it need not encode it again.
 pub(crate) fn validate_task_input(
     task_id: &str,
     owner: &str,
@@ -212,7 +214,7 @@ pub(crate) fn validate_task_input(
     description: &str,
     parent_task_id: Option<&str>,
     metadata: &Value,
-) -> Result<(), TaskError> {
+) -> Result<Option<Box<str>>, TaskError> {
     validate_task_id(task_id)?;
     validate_owner(owner)?;
     validate_task_type(task_type)?;
@@ -220,8 +222,9 @@ pub(crate) fn validate_task_input(
         validate_task_id(parent)?;
     }
     validate_description(description)?;
+    let text = metadata_text(metadata);
     if !metadata.is_null() {
-        let size = serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len());
+        let size = text.as_deref().map_or(usize::MAX, str::len);
         if size > MAX_METADATA_BYTES {
             return Err(TaskError::InvalidInput {
                 reason: format!(
@@ -230,7 +233,17 @@ pub(crate) fn validate_task_input(
             });
         }
     }
-    Ok(())
+    Ok(text)
+}
+
+/// A task's metadata as compact JSON text; `None` for `null`.
+pub(crate) fn metadata_text(metadata: &Value) -> Option<Box<str>> {
+    if metadata.is_null() {
+        return None;
+    }
+    serde_json::to_string(metadata)
+        .ok()
+        .map(String::into_boxed_str)
 }
 
 /// Checks a task id: the store's id rules, at most [`MAX_TASK_ID_LEN`] bytes.

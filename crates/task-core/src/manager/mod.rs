@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use crate::context::TaskContext;
 use crate::model::new_task_id_at;
 use crate::model::{
-    now_ms, type_supports_resume, validate_description, validate_owner, validate_task_id,
-    validate_task_input, validate_task_type,
+    metadata_text, now_ms, type_supports_resume, validate_description, validate_owner,
+    validate_task_id, validate_task_input, validate_task_type,
 };
 use crate::state::{Lease, Rejection, TaskRecord, Transition};
 use crate::{
@@ -321,6 +321,8 @@ struct Launch<'a> {
     description: String,
     parent_task_id: Option<TaskId>,
     metadata: Value,
+    /// `metadata` as JSON text (`None` for `null`), as the slot keeps it.
+    metadata_text: Option<Box<str>>,
     supports_resume: bool,
     /// `Some(n)` when resuming: the durable attempt `n` is already written.
     resumed_attempt: Option<u32>,
@@ -402,6 +404,7 @@ impl BackgroundTaskManager {
                 description: description.to_owned(),
                 parent_task_id: None,
                 metadata: Value::Null,
+                metadata_text: None,
                 supports_resume: type_supports_resume(task_type),
                 resumed_attempt: None,
                 now_ms,
@@ -442,7 +445,7 @@ impl BackgroundTaskManager {
             parent_task_id,
             metadata,
         } = params;
-        validate_task_input(
+        let metadata_text = validate_task_input(
             &task_id,
             &owner,
             &task_type,
@@ -459,6 +462,7 @@ impl BackgroundTaskManager {
                 description,
                 parent_task_id,
                 metadata,
+                metadata_text,
                 supports_resume,
                 resumed_attempt: None,
                 now_ms: self.inner.clock.now_ms(),
@@ -489,6 +493,7 @@ impl BackgroundTaskManager {
             description,
             parent_task_id,
             metadata,
+            metadata_text,
             supports_resume,
             resumed_attempt,
             now_ms: now,
@@ -506,7 +511,7 @@ impl BackgroundTaskManager {
                         description: description.clone(),
                         parent_task_id: parent_task_id.clone(),
                         supports_resume,
-                        metadata: metadata.clone(),
+                        metadata,
                     },
                     now,
                 )
@@ -516,7 +521,6 @@ impl BackgroundTaskManager {
         if inner.outbox.is_some() {
             control::ensure_started(inner);
         }
-        let metadata = TaskSlot::encode_metadata(&metadata);
         let mut reg = inner.lock();
         if reg.closed {
             return Err(TaskError::ShuttingDown);
@@ -544,7 +548,7 @@ impl BackgroundTaskManager {
             task_type: reg.task_type(task_type),
             description,
             parent_task_id,
-            metadata,
+            metadata: metadata_text,
             created_at_ms: now,
             supports_resume,
             seq,
@@ -1196,6 +1200,7 @@ fn resume_launch<'a>(owner: &'a str, s: &'a TaskSummary, attempt: u32, now_ms: u
         description: s.description.clone(),
         parent_task_id: s.parent_task_id.clone(),
         metadata: s.metadata.clone(),
+        metadata_text: metadata_text(&s.metadata),
         supports_resume: s.supports_resume,
         resumed_attempt: Some(attempt),
         now_ms,

@@ -101,7 +101,7 @@ impl TaskSlot {
             parent_task_id: self.parent_task_id.clone(),
             supports_resume: self.supports_resume,
             attempt: entry.attempt,
-            // Written by `encode_metadata`, so it parses.
+            // Written by `metadata_text`, so it parses.
             metadata: self
                 .metadata
                 .as_deref()
@@ -109,16 +109,6 @@ impl TaskSlot {
                 .unwrap_or(Value::Null),
             persistence_error: entry.persistence_error.clone(),
         }
-    }
-
-    /// The compact form of a task's metadata.
-    pub(crate) fn encode_metadata(metadata: &Value) -> Option<Box<str>> {
-        if metadata.is_null() {
-            return None;
-        }
-        serde_json::to_string(metadata)
-            .ok()
-            .map(String::into_boxed_str)
     }
 
     /// The task's cancellation token, made on first use. A task spawned
