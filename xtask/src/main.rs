@@ -112,7 +112,18 @@ fn ci() -> Result<(), String> {
 
 fn bench(args: &[String]) -> Result<(), String> {
     let mut run = cargo();
-    run.args(["run", "--release", "--locked", "-p", "task-bench", "--"]);
+    // The harness is a bench target of task-core (`harness = false`):
+    // release profile, every backend compiled in.
+    run.args([
+        "bench",
+        "--locked",
+        "-p",
+        "task-core",
+        "--all-features",
+        "--bench",
+        "workloads",
+        "--",
+    ]);
     run.args(args);
     step("bench", run)
 }

@@ -8,7 +8,7 @@ use crate::root;
 /// The names of a crate's dependencies (normal, dev and build), from its
 /// manifest, by section.
 fn dependencies(krate: &str) -> Vec<(String, String)> {
-    let manifest = root().join("crates").join(krate).join("Cargo.toml");
+    let manifest = root().join(krate).join("Cargo.toml");
     let text = fs::read_to_string(&manifest)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", manifest.display()));
     let mut section = String::new();
@@ -95,7 +95,7 @@ fn the_testkit_depends_on_no_backend_and_not_on_task_core() {
 
 #[test]
 fn task_core_reaches_backends_only_through_optional_features() {
-    let manifest = root().join("crates/task-core/Cargo.toml");
+    let manifest = root().join("task-core/Cargo.toml");
     let text = fs::read_to_string(&manifest).expect("task-core manifest");
     let mut in_deps = false;
     for line in text.lines().map(str::trim) {

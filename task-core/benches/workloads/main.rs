@@ -114,7 +114,7 @@ const WORKLOADS: [&str; 7] = [
 ];
 
 const HELP: &str = "\
-Usage: task-bench [--quick] [--runs N] [--only NAME[,NAME...]] [--out PATH]
+Usage: cargo xtask bench -- [--quick] [--runs N] [--only NAME[,NAME...]] [--out PATH]
 
 Runs the benchmark workloads of the task manager against their baselines,
 prints a table and writes a JSON list of results (default
@@ -250,11 +250,11 @@ fn default_out() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            // This crate lives in `<workspace>/crates/task-bench`.
+            // This crate lives in `<workspace>/task-core`.
             let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
             manifest
                 .ancestors()
-                .nth(2)
+                .nth(1)
                 .unwrap_or(manifest)
                 .join("target")
         });

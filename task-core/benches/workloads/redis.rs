@@ -260,17 +260,3 @@ fn per_second(n: usize, elapsed: Duration) -> f64 {
     let n = n as f64;
     n / elapsed.as_secs_f64()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_quiet_output_of_redis_benchmark() {
-        let text = "SET: rps=0.0 (overall: nan) avg_msec=nan (overall: nan)\r\
-                    SET: rps=201234.0 (overall: 198000.0) avg_msec=1.2 (overall: 1.3)\r\
-                    SET: 198412.69 requests per second, p50=3.175 msec\n\n";
-        assert_eq!(parse_requests_per_second(text), Some(198_412.69));
-        assert_eq!(parse_requests_per_second("nothing"), None);
-    }
-}
