@@ -46,18 +46,49 @@
 //! and linearizable, and no update is lost. The lock is never held across an
 //! `.await` (no method awaits anything). Threads live in a [`BTreeMap`] by id;
 //! two more indexes map each parent and each kind to the ordered set of its
-//! thread ids, so listing by parent or kind reads only the matching ids. Each
-//! thread keeps its log in a `Vec` (the sequence number is the position) and
-//! the set of its message ids for de-duplication.
+//! thread ids, so listing by parent or kind reads only the matching ids. A
+//! second set of the same indexes holds only the open (not finished) threads,
+//! changed under the same lock as the finished mark, so
+//! [`ThreadQuery::open_only`] listings cost the open threads. Each thread
+//! keeps its log in a `Vec` (the sequence number is the position) and the set
+//! of its message ids for de-duplication.
 //!
 //! Clones of a `MemoryStore` share the same data.
+//!
+//! # Retention
+//!
+//! [`MemoryStore::new`] keeps every thread until it is deleted, like a
+//! database would. A long-running process that finishes a steady stream of
+//! tasks should bound what it keeps with [`MemoryStoreOptions`]: finished
+//! threads (those whose finished mark is set) are dropped once they have been
+//! finished for longer than [`retention`](MemoryStoreOptions::retention),
+//! and the oldest finished threads go first once there are more than
+//! [`max_finished`](MemoryStoreOptions::max_finished). Open threads are never
+//! dropped. Expiry is checked on every call, at an amortised O(1) cost per
+//! finished thread: the finished threads wait in one queue in the order they
+//! finished.
+//!
+//! ```
+//! use std::time::Duration;
+//! use task_store_memory::{MemoryStore, MemoryStoreOptions};
+//!
+//! let store = MemoryStore::with_options(
+//!     MemoryStoreOptions::default()
+//!         .with_retention(Some(Duration::from_secs(3600)))
+//!         .with_max_finished(Some(100_000)),
+//! );
+//! # let _ = store;
+//! ```
 
 mod signals;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -77,18 +108,65 @@ pub struct MemoryStore {
     signals: Arc<signals::MemorySignals>,
 }
 
+/// What a [`MemoryStore`] keeps of finished threads (see the
+/// [crate docs](crate#retention)). The default keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStoreOptions {
+    /// Drop a finished thread once it has been finished this long (counted
+    /// from the write that set its finished mark). `None`: no age limit.
+    pub retention: Option<Duration>,
+    /// Keep at most this many finished threads; beyond it the ones finished
+    /// longest ago are dropped. `None`: no count limit.
+    pub max_finished: Option<usize>,
+}
+
+impl MemoryStoreOptions {
+    /// Sets the age limit of finished threads.
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets the count limit of finished threads.
+    pub fn with_max_finished(mut self, max_finished: Option<usize>) -> Self {
+        self.max_finished = max_finished;
+        self
+    }
+}
+
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that keeps every thread until it is deleted.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Locks the data. A panic while the lock was held cannot leave a thread
-    /// half-written: every write checks everything before it changes
+    /// An empty store with a retention policy for finished threads.
+    pub fn with_options(options: MemoryStoreOptions) -> Self {
+        let store = Self::default();
+        store.lock().retention.options = options;
+        store
+    }
+
+    /// How many threads the store holds (open and finished).
+    pub fn len(&self) -> usize {
+        self.lock().threads.len()
+    }
+
+    /// Whether the store holds no thread.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Locks the data, first dropping finished threads that the retention
+    /// policy no longer keeps. A panic while the lock was held cannot leave a
+    /// thread half-written: every write checks everything before it changes
     /// anything, and the changes themselves do not panic. So a poisoned lock
     /// is recovered rather than propagated.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.expire();
+        inner
     }
 }
 
@@ -110,6 +188,56 @@ struct Inner {
     by_parent: HashMap<String, BTreeSet<String>>,
     /// Thread ids by kind. A kind without threads has no entry.
     by_kind: HashMap<String, BTreeSet<String>>,
+    /// The open threads (finished mark not set), indexed the same ways.
+    open: OpenIndex,
+    /// Finished threads in the order they finished, for retention.
+    retention: Retention,
+}
+
+/// The ids of the open threads: all of them, by parent and by kind.
+#[derive(Debug, Default)]
+struct OpenIndex {
+    all: BTreeSet<String>,
+    by_parent: HashMap<String, BTreeSet<String>>,
+    by_kind: HashMap<String, BTreeSet<String>>,
+}
+
+impl OpenIndex {
+    fn insert(&mut self, id: &str, kind: &str, parent_id: Option<&str>) {
+        self.all.insert(id.to_owned());
+        index_into(&mut self.by_kind, kind, id);
+        if let Some(parent) = parent_id {
+            index_into(&mut self.by_parent, parent, id);
+        }
+    }
+
+    fn remove(&mut self, id: &str, kind: &str, parent_id: Option<&str>) {
+        self.all.remove(id);
+        remove_from(&mut self.by_kind, kind, id);
+        if let Some(parent) = parent_id {
+            remove_from(&mut self.by_parent, parent, id);
+        }
+    }
+}
+
+/// The retention policy and the queue of finished threads it walks.
+#[derive(Debug, Default)]
+struct Retention {
+    options: MemoryStoreOptions,
+    /// `(finished at, id, mark)` in the order the threads finished. An entry
+    /// whose `mark` is not the thread's current `finished_mark` is stale (the
+    /// thread was reopened, finished again, deleted or replaced) and skipped.
+    queue: VecDeque<(Instant, String, u64)>,
+    /// How many threads are finished now.
+    finished: usize,
+    /// The last mark handed out.
+    next_mark: u64,
+}
+
+impl Retention {
+    fn is_active(&self) -> bool {
+        self.options.retention.is_some() || self.options.max_finished.is_some()
+    }
 }
 
 /// One stored thread.
@@ -121,6 +249,9 @@ struct Record {
     state: Value,
     version: u64,
     terminal: bool,
+    /// While finished under a retention policy: the mark of its entry in
+    /// the retention queue.
+    finished_mark: Option<u64>,
     /// The log; `messages[i].seq == i + 1`.
     messages: Vec<Message>,
     /// The ids of the messages in the log that have one.
@@ -136,6 +267,7 @@ impl Record {
             state: std::mem::take(&mut thread.state),
             version: 0,
             terminal: thread.terminal,
+            finished_mark: None,
             messages: Vec::new(),
             message_ids: HashSet::new(),
         }
@@ -203,10 +335,14 @@ fn index_into(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) 
 }
 
 impl Inner {
-    fn index(&mut self, id: &str, kind: &str, parent_id: Option<&str>) {
+    /// Indexes a thread by kind and parent, and as open unless `terminal`.
+    fn index(&mut self, id: &str, kind: &str, parent_id: Option<&str>, terminal: bool) {
         index_into(&mut self.by_kind, kind, id);
         if let Some(parent) = parent_id {
             index_into(&mut self.by_parent, parent, id);
+        }
+        if !terminal {
+            self.open.insert(id, kind, parent_id);
         }
     }
 
@@ -214,6 +350,82 @@ impl Inner {
         remove_from(&mut self.by_kind, kind, id);
         if let Some(parent) = parent_id {
             remove_from(&mut self.by_parent, parent, id);
+        }
+        self.open.remove(id, kind, parent_id);
+    }
+
+    /// Follows a change of thread `id`'s finished mark from `was` to its
+    /// current value: the open index, and the retention queue, where a
+    /// thread enters when it becomes finished (or is replaced by `save` as
+    /// finished: `restart`) and leaves when it is reopened.
+    fn remark(&mut self, id: &str, was: bool, restart: bool) {
+        let Some(record) = self.threads.get_mut(id) else {
+            return;
+        };
+        let now = record.terminal;
+        if was && !now {
+            self.open
+                .insert(id, &record.kind, record.parent_id.as_deref());
+        } else if !was && now {
+            self.open
+                .remove(id, &record.kind, record.parent_id.as_deref());
+        }
+        let entered = now && (!was || restart);
+        if (!now || entered) && record.finished_mark.take().is_some() {
+            self.retention.finished -= 1;
+        }
+        if entered && self.retention.is_active() {
+            self.retention.next_mark += 1;
+            let mark = self.retention.next_mark;
+            record.finished_mark = Some(mark);
+            self.retention.finished += 1;
+            self.retention
+                .queue
+                .push_back((Instant::now(), id.to_owned(), mark));
+        }
+    }
+
+    /// Drops the finished threads the retention policy no longer keeps.
+    /// Amortised O(1) per finished thread: it pops the front of a queue
+    /// ordered by finish time, and compacts the queue when stale entries
+    /// make up most of it.
+    fn expire(&mut self) {
+        if !self.retention.is_active() {
+            return;
+        }
+        let now = Instant::now();
+        loop {
+            let Some((at, id, mark)) = self.retention.queue.front() else {
+                break;
+            };
+            let current = self.threads.get(id).and_then(|r| r.finished_mark);
+            if current != Some(*mark) {
+                self.retention.queue.pop_front();
+                continue;
+            }
+            let too_old = self
+                .retention
+                .options
+                .retention
+                .is_some_and(|ttl| now.saturating_duration_since(*at) >= ttl);
+            let too_many = self
+                .retention
+                .options
+                .max_finished
+                .is_some_and(|max| self.retention.finished > max);
+            if !(too_old || too_many) {
+                break;
+            }
+            if let Some((_, id, _)) = self.retention.queue.pop_front() {
+                self.delete(&id);
+            }
+        }
+        let queue = &mut self.retention.queue;
+        if queue.len() > 64 && queue.len() > 2 * self.retention.finished {
+            let threads = &self.threads;
+            queue.retain(|(_, id, mark)| {
+                threads.get(id).and_then(|r| r.finished_mark) == Some(*mark)
+            });
         }
     }
 
@@ -224,8 +436,16 @@ impl Inner {
         record.version = 1;
         let (appended, skipped) = record.append_messages(thread.messages);
         let committed = record.committed(appended, skipped);
-        self.index(&thread.id, &record.kind, record.parent_id.as_deref());
-        self.threads.insert(thread.id, record);
+        let terminal = record.terminal;
+        // Indexed as open; `remark` takes a finished thread out again.
+        self.index(&thread.id, &record.kind, record.parent_id.as_deref(), false);
+        if terminal {
+            let id = thread.id.clone();
+            self.threads.insert(thread.id, record);
+            self.remark(&id, false, true);
+        } else {
+            self.threads.insert(thread.id, record);
+        }
         committed
     }
 
@@ -258,6 +478,7 @@ impl Inner {
         if let Some(state) = state {
             record.state = state;
         }
+        let was = record.terminal;
         if let Some(terminal) = terminal {
             record.terminal = terminal;
         }
@@ -266,7 +487,11 @@ impl Inner {
         if changed {
             record.version += 1;
         }
-        Ok(record.committed(appended, skipped))
+        let committed = record.committed(appended, skipped);
+        if terminal.is_some() {
+            self.remark(id, was, false);
+        }
+        Ok(committed)
     }
 
     /// Creates or replaces a thread. The caller has validated it.
@@ -278,21 +503,25 @@ impl Inner {
         let old_parent = std::mem::replace(&mut record.parent_id, thread.parent_id.take());
         record.metadata = std::mem::take(&mut thread.metadata);
         record.state = std::mem::take(&mut thread.state);
-        record.terminal = thread.terminal;
+        let was = std::mem::replace(&mut record.terminal, thread.terminal);
         record.version += 1;
         let (appended, skipped) = record.append_messages(thread.messages);
         let committed = record.committed(appended, skipped);
         if old_kind != record.kind || old_parent != record.parent_id {
             let (kind, parent) = (record.kind.clone(), record.parent_id.clone());
             self.unindex(&thread.id, &old_kind, old_parent.as_deref());
-            self.index(&thread.id, &kind, parent.as_deref());
+            self.index(&thread.id, &kind, parent.as_deref(), was);
         }
+        self.remark(&thread.id, was, true);
         committed
     }
 
     fn delete(&mut self, id: &str) {
         if let Some(record) = self.threads.remove(id) {
             self.unindex(id, &record.kind, record.parent_id.as_deref());
+            if record.finished_mark.is_some() {
+                self.retention.finished -= 1;
+            }
         }
     }
 
@@ -304,9 +533,15 @@ impl Inner {
         let range = (after, Bound::Unbounded);
         let limit = effective_limit(query.limit);
         let empty = BTreeSet::new();
-        let by_parent = |parent: &str| self.by_parent.get(parent).unwrap_or(&empty);
-        let by_kind = |kind: &str| self.by_kind.get(kind).unwrap_or(&empty);
+        let (parents, kinds) = if query.open_only {
+            (&self.open.by_parent, &self.open.by_kind)
+        } else {
+            (&self.by_parent, &self.by_kind)
+        };
+        let by_parent = |parent: &str| parents.get(parent).unwrap_or(&empty);
+        let by_kind = |kind: &str| kinds.get(kind).unwrap_or(&empty);
         let ids: Box<dyn Iterator<Item = &String> + '_> = match (&query.parent_id, &query.kind) {
+            (None, None) if query.open_only => Box::new(self.open.all.range::<str, _>(range)),
             (None, None) => Box::new(self.threads.range::<str, _>(range).map(|(id, _)| id)),
             (Some(parent), None) => Box::new(by_parent(parent).range::<str, _>(range)),
             (None, Some(kind)) => Box::new(by_kind(kind).range::<str, _>(range)),
@@ -517,6 +752,118 @@ mod tests {
             assert_eq!(inner.by_parent.keys().collect::<Vec<_>>(), ["p2"]);
             assert_eq!(inner.by_kind.keys().collect::<Vec<_>>(), ["k2"]);
         });
+    }
+
+    fn finished(id: &str) -> Thread {
+        let mut thread = Thread::new(id, "task").with_parent("owner");
+        thread.terminal = true;
+        thread
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_drops_finished_threads_after_their_age_and_keeps_open_ones() {
+        let store = MemoryStore::with_options(
+            MemoryStoreOptions::default().with_retention(Some(Duration::from_secs(60))),
+        );
+        store.create(finished("old")).await.expect("create");
+        store
+            .create(Thread::new("open", "task").with_parent("owner"))
+            .await
+            .expect("create");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        store.create(finished("young")).await.expect("create");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(store.load("old").await.expect("load").is_none());
+        assert!(store.load("young").await.expect("load").is_some());
+        assert!(store.load("open").await.expect("load").is_some());
+        let listed = store
+            .list_threads(ThreadQuery::by_parent("owner"))
+            .await
+            .expect("list");
+        assert_eq!(listed.ids, ["open", "young"]);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(store.len(), 1, "only the open thread stays");
+        let inner = store.lock();
+        assert_eq!(inner.retention.finished, 0);
+        assert!(inner.retention.queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_by_count_drops_the_longest_finished_first() {
+        let store =
+            MemoryStore::with_options(MemoryStoreOptions::default().with_max_finished(Some(2)));
+        for id in ["a", "b", "c"] {
+            store.create(Thread::new(id, "task")).await.expect("create");
+        }
+        // Finished in the order c, a, b: c goes first.
+        for id in ["c", "a", "b"] {
+            store
+                .append(
+                    id,
+                    ChangeSet::default().with_terminal(true),
+                    VersionPrecondition::Any,
+                )
+                .await
+                .expect("finish");
+        }
+        assert!(store.load("c").await.expect("load").is_none());
+        assert_eq!(store.len(), 2);
+        // Reopening one takes it out of the count; finishing it again puts it
+        // at the back of the queue.
+        store
+            .append(
+                "a",
+                ChangeSet::default().with_terminal(false),
+                VersionPrecondition::Any,
+            )
+            .await
+            .expect("reopen");
+        store.create(finished("d")).await.expect("create");
+        assert_eq!(store.len(), 3, "b and d finished, a open");
+        store
+            .append(
+                "a",
+                ChangeSet::default().with_terminal(true),
+                VersionPrecondition::Any,
+            )
+            .await
+            .expect("finish again");
+        assert!(
+            store.load("b").await.expect("load").is_none(),
+            "b finished first"
+        );
+        assert_eq!(store.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_finished_threads_stays_bounded() {
+        let store = MemoryStore::with_options(
+            MemoryStoreOptions::default()
+                .with_retention(Some(Duration::from_secs(10)))
+                .with_max_finished(Some(1_000)),
+        );
+        for i in 0..20_000u32 {
+            let id = format!("t{i}");
+            store
+                .create(Thread::new(&id, "task").with_parent("owner"))
+                .await
+                .expect("create");
+            store
+                .append(
+                    &id,
+                    ChangeSet::default().with_terminal(true),
+                    VersionPrecondition::Exact(1),
+                )
+                .await
+                .expect("finish");
+            if i % 100 == 0 {
+                tokio::time::advance(Duration::from_millis(20)).await;
+            }
+            assert!(store.len() <= 1_000, "{} threads after {i}", store.len());
+        }
+        let inner = store.lock();
+        assert!(inner.retention.queue.len() <= 1_000);
+        assert!(inner.open.all.is_empty());
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
         if error.is_timeout() {
             return ThreadStoreError::Timeout {
                 message: format!("Redis did not answer in time: {message}"),
-                source: Some(Box::new(error)),
+                source: Some(std::sync::Arc::new(error)),
             };
         }
         // A pipeline's error carries the code of its first failed command.
@@ -62,7 +62,7 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
             | (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
             | (ErrorKind::Server(ServerErrorKind::NoPerm), _) => ThreadStoreError::Authentication {
                 message,
-                source: Some(Box::new(error)),
+                source: Some(std::sync::Arc::new(error)),
             },
             (
                 ErrorKind::Io
@@ -78,11 +78,11 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
             )
             | (_, Some("BUSY" | "LOADING")) => ThreadStoreError::Unavailable {
                 message: format!("Redis is unavailable: {message}"),
-                source: Some(Box::new(error)),
+                source: Some(std::sync::Arc::new(error)),
             },
             _ => ThreadStoreError::Backend {
                 message: format!("Redis failed: {message}"),
-                source: Some(Box::new(error)),
+                source: Some(std::sync::Arc::new(error)),
             },
         }
     }

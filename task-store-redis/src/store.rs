@@ -981,6 +981,11 @@ impl ThreadReader for RedisStore {
 
     async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
         validate_query(&query)?;
+        if query.open_only {
+            return Err(ThreadStoreError::Unsupported {
+                reason: "listing open threads only is not implemented on Redis yet".to_owned(),
+            });
+        }
         let keys = &self.inner.keys;
         let limit = effective_limit(query.limit);
         let (index, want_kind, want_parent) = match (&query.parent_id, &query.kind) {
@@ -1024,7 +1029,7 @@ impl ThreadReader for RedisStore {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|err| ThreadStoreError::Backend {
                     message: format!("the index {index} holds an id that is not UTF-8"),
-                    source: Some(Box::new(err)),
+                    source: Some(std::sync::Arc::new(err)),
                 })?;
             let Some(last) = ids.last().cloned() else {
                 break;

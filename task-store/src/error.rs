@@ -1,9 +1,11 @@
 //! The one error type of the storage contract.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
-/// A boxed error that caused a [`ThreadStoreError`].
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+/// The backend's own error that caused a [`ThreadStoreError`], shared so that
+/// the error can be cloned without losing its source.
+pub type SourceError = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// Everything that can go wrong when reading or writing threads.
 ///
@@ -15,7 +17,11 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// outcome is unknown: the write may or may not have been applied. Every write
 /// of the contract is safe to retry (version preconditions and message ids make
 /// a repeated write detectable), so retry it as it was.
-#[derive(Debug, thiserror::Error)]
+///
+/// Cloning is cheap and keeps the source (it is shared): a batch can report
+/// one transport failure on each of its items, and a caller can keep an error
+/// and hand it on.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ThreadStoreError {
     /// No thread has this id.
@@ -68,7 +74,7 @@ pub enum ThreadStoreError {
         message: String,
         /// The backend's own error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SourceError>,
     },
 
     /// The backend did not answer in time. Retryable; on a write the outcome
@@ -79,7 +85,7 @@ pub enum ThreadStoreError {
         message: String,
         /// The backend's own error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SourceError>,
     },
 
     /// The backend refused the credentials. Not retryable.
@@ -89,7 +95,7 @@ pub enum ThreadStoreError {
         message: String,
         /// The backend's own error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SourceError>,
     },
 
     /// A stored record could not be decoded. Only the named thread is
@@ -110,7 +116,7 @@ pub enum ThreadStoreError {
         message: String,
         /// The backend's own error.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SourceError>,
     },
 }
 
@@ -143,6 +149,36 @@ impl ThreadStoreError {
     /// An [`Unavailable`](Self::Unavailable) error without a source.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Unavailable`](Self::Unavailable) error caused by `source`.
+    pub fn unavailable_from(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A [`Timeout`](Self::Timeout) error caused by `source`.
+    pub fn timeout_from(
+        message: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self::Timeout {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A [`Backend`](Self::Backend) error without a source.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend {
             message: message.into(),
             source: None,
         }

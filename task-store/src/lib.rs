@@ -63,6 +63,10 @@
 //!   `load_messages` and `list_threads` return pages of at most
 //!   [`MAX_PAGE_LIMIT`] items with a cursor. `list_threads` reads an index by
 //!   parent or kind; it never scans every record.
+//! - **Live work costs live work.** `list_threads` with
+//!   [`ThreadQuery::open_only`] reads an index of open (not finished)
+//!   threads, kept in the same atomic write as the finished mark, so that
+//!   recovery and remote control cost the work in flight, not the history.
 //! - **Isolated corruption.** A record that cannot be decoded yields
 //!   [`ThreadStoreError::Corrupt`] for that thread alone.
 //! - **Retryable errors.** [`ThreadStoreError::is_retryable`] is true only for
@@ -84,7 +88,7 @@ mod signals;
 mod store;
 mod types;
 
-pub use error::{BoxError, Result, ThreadStoreError};
+pub use error::{Result, SourceError, ThreadStoreError};
 pub use id::{MAX_ID_LEN, validate_id, validate_messages, validate_query, validate_thread};
 pub use signals::{SignalReceiver, SignalSource, ThreadSignals};
 pub use store::{ThreadReader, ThreadReaderExt, ThreadStore, ThreadWriter};

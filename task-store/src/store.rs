@@ -35,6 +35,13 @@ pub trait ThreadReader: Send + Sync + Debug + 'static {
     /// (or of the parent's children when both filters are given), never the
     /// number of threads stored. Without any filter, lists every thread.
     ///
+    /// With [`ThreadQuery::open_only`], only threads whose finished mark is
+    /// not set are listed, from an index of open threads kept in the same
+    /// atomic write as the mark: the cost follows the open threads that
+    /// match, never the finished ones. Paging over open threads while others
+    /// finish never returns an id twice and never skips one that stayed open
+    /// throughout.
+    ///
     /// # Errors
     ///
     /// `InvalidInput` for an invalid parent or kind; `Unavailable`/`Timeout`.

@@ -234,14 +234,22 @@ pub struct MessagePage {
     pub next: Option<u64>,
 }
 
-/// Which threads to list: by parent and/or kind, in ascending id order, after
-/// a cursor.
+/// Which threads to list: by parent and/or kind, optionally only the open
+/// (not finished) ones, in ascending id order, after a cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ThreadQuery {
     /// Only threads with this parent.
     pub parent_id: Option<String>,
     /// Only threads of this kind.
     pub kind: Option<String>,
+    /// Only open threads: those whose finished mark
+    /// ([`Thread::terminal`], [`ChangeSet::terminal`]) is not set. Served
+    /// from an index kept in the same atomic write as the mark, so its cost
+    /// follows the open threads, never the finished ones: a thread leaves
+    /// this listing in the write that marks it finished and comes back in the
+    /// write that clears the mark.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_only: bool,
     /// The cursor: the last id already seen (ids are returned in ascending
     /// byte order).
     pub after: Option<String>,
@@ -269,6 +277,12 @@ impl ThreadQuery {
     /// Narrows to a kind.
     pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
         self.kind = Some(kind.into());
+        self
+    }
+
+    /// Narrows to open threads (see [`open_only`](Self::open_only)).
+    pub fn open_only(mut self) -> Self {
+        self.open_only = true;
         self
     }
 
