@@ -32,6 +32,15 @@ pub enum TaskError {
         task_id: TaskId,
     },
 
+    /// `spawn_with_id` of an id that belongs to another owner (live in this
+    /// process, or in the task store). Nothing was changed: the other
+    /// owner's task and record stay exactly as they were. Choose another id.
+    #[error("Task id '{task_id}' is already in use; choose another id")]
+    IdTaken {
+        /// The id asked for.
+        task_id: TaskId,
+    },
+
     /// An id, a description or metadata breaks a documented limit; nothing
     /// was changed.
     #[error("invalid input: {reason}")]
@@ -40,14 +49,14 @@ pub enum TaskError {
         reason: String,
     },
 
-    /// The task cannot be resumed (it is not `stopped`, or its type does not
-    /// support resume).
+    /// The task cannot be resumed (it is not `stopped`, or it does not
+    /// support resume). Nothing was changed.
     #[error("Task '{task_id}' cannot be resumed: {reason}")]
     NotResumable {
         /// The task.
         task_id: TaskId,
-        /// Why.
-        reason: String,
+        /// Why, as the state machine decided it.
+        reason: crate::Rejection,
     },
 
     /// The state machine refused a durable transition (a terminal outcome is
@@ -73,15 +82,34 @@ pub enum TaskError {
     #[error("the task manager is shutting down")]
     ShuttingDown,
 
+    /// The persistence outbox is full (the store is slow or down) and the
+    /// manager is configured to refuse rather than wait
+    /// ([`OutboxFull::Refuse`](crate::OutboxFull::Refuse)). Nothing was
+    /// changed. Retryable: try again once the store catches up.
+    #[error(
+        "the task store is behind: {pending} writes are pending, the outbox limit is {limit}; retry later"
+    )]
+    Backpressure {
+        /// Writes pending when the call was refused.
+        pending: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// The store failed.
     #[error(transparent)]
     Store(#[from] ThreadStoreError),
 }
 
 impl TaskError {
-    /// Whether repeating the operation may succeed (a transient store failure).
+    /// Whether repeating the operation may succeed: a transient store
+    /// failure, or a full outbox.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Store(e) if e.is_retryable())
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Backpressure { .. } => true,
+            _ => false,
+        }
     }
 
     /// Maps a validation error of the store's id rules.

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{TaskId, TaskStatus};
+use crate::{Progress, TaskId, TaskStatus};
 
 /// Something that happened to a task. Subscribe with
 /// [`BackgroundTaskManager::subscribe`](crate::BackgroundTaskManager::subscribe).
@@ -28,6 +28,9 @@ pub enum TaskEventKind {
     CancelRequested,
     /// The task emitted output with [`TaskContext::emit`](crate::TaskContext::emit).
     Output(Value),
+    /// The task reported progress with
+    /// [`TaskContext::progress`](crate::TaskContext::progress).
+    Progress(Progress),
     /// The task finished with this status (terminal or `stopped`).
     Finished {
         /// Its status.
@@ -41,5 +44,13 @@ pub enum TaskEventKind {
         error: String,
         /// Whether the write was given up (it can never succeed).
         permanent: bool,
+    },
+    /// A write to the task store has been pending longer than the manager's
+    /// [`persistence_warn_after`](crate::BackgroundTaskManagerBuilder::persistence_warn_after)
+    /// without failing (a store that hangs, or one the manager is holding
+    /// writes back from while it fails). Sent once per stall.
+    PersistenceDelayed {
+        /// How long the oldest unresolved write has been pending (ms).
+        pending_for_ms: u64,
     },
 }

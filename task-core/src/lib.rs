@@ -73,28 +73,34 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod context;
 mod error;
 mod events;
 mod manager;
 mod model;
+mod protocol;
+mod records;
 pub mod state;
 pub mod store;
-mod task_store;
+mod validate;
 
-pub use context::TaskContext;
 pub use error::TaskError;
 pub use events::{TaskEvent, TaskEventKind};
+pub use manager::core::context::TaskContext;
 pub use manager::{
     BackgroundTaskManager, BackgroundTaskManagerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_LEASE_TTL,
-    RecoveryReport, RetentionPolicy, ShutdownReport,
+    DEFAULT_OUTBOX_LIMIT, DurablePage, FlushTimeout, ManagerStats, OutboxFull, PendingWrite,
+    RecoveryReport, RetentionPolicy, ShutdownReport, TreeCancellation,
 };
 pub use model::{
-    MAX_DESCRIPTION_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_TASK_ID_LEN, NewTaskSpec,
-    RunCancellationToken, SpawnParams, TaskId, TaskResult, TaskStatus, TaskSummary, new_task_id,
+    NewTaskSpec, Progress, RunCancellationToken, SpawnParams, TaskId, TaskResult, TaskStatus,
+    TaskSummary, new_task_id,
 };
+pub use protocol::TASK_KIND;
+pub use records::{OutputEntry, OutputPage, TaskStore, VersionedRecord};
 pub use state::{Lease, Rejection, TaskRecord, Transition};
-pub use task_store::{TASK_KIND, TaskStore, VersionedRecord};
+pub use validate::{
+    MAX_DESCRIPTION_LEN, MAX_JSON_DEPTH, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_TASK_ID_LEN,
+};
 
 /// The storage contract, re-exported.
 pub use ::task_store as thread_store;

@@ -3,8 +3,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::TaskError;
-
 /// A task's id. Generated ids come from [`new_task_id`]; callers may choose
 /// their own with [`SpawnParams`].
 pub type TaskId = String;
@@ -12,19 +10,6 @@ pub type TaskId = String;
 /// The cancellation token a task observes. Cancelling it is a cancellation
 /// request: the task ends `cancelled` whatever it returns.
 pub type RunCancellationToken = tokio_util::sync::CancellationToken;
-
-/// The longest task id accepted, in bytes. Shorter than the store's id limit
-/// because the task's thread id is `task:<id>`.
-pub const MAX_TASK_ID_LEN: usize = 200;
-
-/// The longest owner id, task type or parent task id accepted, in bytes.
-pub const MAX_NAME_LEN: usize = task_store::MAX_ID_LEN;
-
-/// The longest description accepted, in bytes.
-pub const MAX_DESCRIPTION_LEN: usize = 16 * 1024;
-
-/// The largest metadata accepted, in bytes of its JSON encoding.
-pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// A new, unique, time-ordered task id (a UUIDv7 in lowercase hex): ids
 /// generated later sort after ids generated earlier.
@@ -150,16 +135,38 @@ pub struct TaskSummary {
     pub completed_at_ms: Option<u64>,
     /// The task that spawned it, if any.
     pub parent_task_id: Option<TaskId>,
-    /// Whether it can be resumed after an interruption (`agent_run` tasks).
+    /// Whether it can be resumed after an interruption (by default, tasks
+    /// of type `agent_run`; see
+    /// [`resumable_types`](crate::BackgroundTaskManagerBuilder::resumable_types)).
     pub supports_resume: bool,
-    /// Its attempt number, from 1; a resume or a re-spawn of the same id
-    /// starts the next one.
+    /// Its attempt number, from 1; a resume, a retry or a re-spawn of the
+    /// same id starts the next one. It is the durable attempt: with a task
+    /// store, a re-spawn of an id the manager no longer holds reads the
+    /// record first, so this is right from the start.
     pub attempt: u32,
     /// The caller's metadata.
     pub metadata: Value,
-    /// The last error of a write to the task store that has not yet
-    /// succeeded; `None` when every write is durable (or no store is used).
+    /// Why the task's state is not durable yet: the last error of a write
+    /// to the task store that has not succeeded, or a note that a write has
+    /// been pending longer than the manager's
+    /// [`persistence_warn_after`](crate::BackgroundTaskManagerBuilder::persistence_warn_after)
+    /// (a store that hangs). `None` when every write is durable, or is young
+    /// and has not failed (or no store is used); after
+    /// [`flush`](crate::BackgroundTaskManager::flush) returns, `None` means
+    /// durable.
     pub persistence_error: Option<String>,
+}
+
+/// How far a running task has come, as it reported with
+/// [`TaskContext::progress`](crate::TaskContext::progress).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The fraction done, from 0.0 to 1.0, when the task knows it.
+    pub fraction: Option<f64>,
+    /// What it is doing, for people.
+    pub message: Option<String>,
+    /// When it reported this (ms since the Unix epoch).
+    pub at_ms: u64,
 }
 
 /// Parameters of [`BackgroundTaskManager::spawn_with_id`](crate::BackgroundTaskManager::spawn_with_id).
@@ -197,90 +204,6 @@ pub struct NewTaskSpec {
     pub supports_resume: bool,
     /// Free-form metadata (JSON).
     pub metadata: Value,
-}
-
-/// Whether tasks of this type can be resumed by default.
-pub(crate) fn type_supports_resume(task_type: &str) -> bool {
-    task_type == "agent_run"
-}
-
-/// Checks the caller-supplied fields of a task before anything is changed.
-/// Returns the metadata as the JSON text its size was checked on (`None` for
-/// `null`), so a caller that keeps it need not encode it again.
-pub(crate) fn validate_task_input(
-    task_id: &str,
-    owner: &str,
-    task_type: &str,
-    description: &str,
-    parent_task_id: Option<&str>,
-    metadata: &Value,
-) -> Result<Option<Box<str>>, TaskError> {
-    validate_task_id(task_id)?;
-    validate_owner(owner)?;
-    validate_task_type(task_type)?;
-    if let Some(parent) = parent_task_id {
-        validate_task_id(parent)?;
-    }
-    validate_description(description)?;
-    let text = metadata_text(metadata);
-    if !metadata.is_null() {
-        let size = text.as_deref().map_or(usize::MAX, str::len);
-        if size > MAX_METADATA_BYTES {
-            return Err(TaskError::InvalidInput {
-                reason: format!(
-                    "metadata is {size} bytes encoded; the limit is {MAX_METADATA_BYTES}"
-                ),
-            });
-        }
-    }
-    Ok(text)
-}
-
-/// A task's metadata as compact JSON text; `None` for `null`.
-pub(crate) fn metadata_text(metadata: &Value) -> Option<Box<str>> {
-    if metadata.is_null() {
-        return None;
-    }
-    serde_json::to_string(metadata)
-        .ok()
-        .map(String::into_boxed_str)
-}
-
-/// Checks a task id: the store's id rules, at most [`MAX_TASK_ID_LEN`] bytes.
-pub(crate) fn validate_task_id(task_id: &str) -> Result<(), TaskError> {
-    task_store::validate_id("task id", task_id).map_err(TaskError::from_validation)?;
-    if task_id.len() > MAX_TASK_ID_LEN {
-        return Err(TaskError::InvalidInput {
-            reason: format!(
-                "task id is {} bytes long; the limit is {MAX_TASK_ID_LEN}",
-                task_id.len()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a task type with the store's id rules.
-pub(crate) fn validate_task_type(task_type: &str) -> Result<(), TaskError> {
-    task_store::validate_id("task type", task_type).map_err(TaskError::from_validation)
-}
-
-/// Checks a description's length.
-pub(crate) fn validate_description(description: &str) -> Result<(), TaskError> {
-    if description.len() > MAX_DESCRIPTION_LEN {
-        return Err(TaskError::InvalidInput {
-            reason: format!(
-                "description is {} bytes long; the limit is {MAX_DESCRIPTION_LEN}",
-                description.len()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Checks an owner id with the store's id rules.
-pub(crate) fn validate_owner(owner: &str) -> Result<(), TaskError> {
-    task_store::validate_id("owner", owner).map_err(TaskError::from_validation)
 }
 
 /// Milliseconds since the Unix epoch, from the system clock.

@@ -83,6 +83,14 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// Whether nothing can ever run this record again: a terminal status, or
+    /// `stopped` without support for resume. Such a record leaves the store's
+    /// index of open threads (it carries the store's finished mark), and
+    /// retention may collect it.
+    pub fn is_closed(&self) -> bool {
+        self.status.is_terminal() || (self.status == TaskStatus::Stopped && !self.supports_resume)
+    }
+
     /// A record of a task that starts running now, as attempt 1.
     pub(crate) fn running(spec: NewTaskSpec, now_ms: u64) -> Self {
         Self {
@@ -110,10 +118,12 @@ impl TaskRecord {
 /// A durable change to a task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    /// A manager starts running the task described by `record` (attempt 1 if
-    /// no record exists). On an existing `running` record the manager adopts
-    /// it (a record created ahead with `TaskStore::create_task`); on a
-    /// finished one it starts the next attempt.
+    /// A manager starts running attempt `record.attempt` of the task
+    /// described by `record` (the record is created when none exists). On
+    /// an existing `running` record of that attempt the manager adopts it (a
+    /// record created ahead with `TaskStore::create_task`); on a finished
+    /// one it starts the next attempt, which must be `record.attempt`. The
+    /// owner must be the record's: an id never changes owner.
     Start {
         /// The record to create when none exists.
         record: Box<TaskRecord>,
@@ -227,6 +237,10 @@ pub enum Rejection {
         /// The instance that holds it.
         holder: String,
     },
+    /// The transition names another owner than the record's: an id belongs
+    /// to its first owner for good.
+    #[error("the task belongs to another owner")]
+    OwnerMismatch,
     /// A lease holder reported an outcome after it lost the lease (the task
     /// was recovered, or another instance holds it now).
     #[error("instance {holder} no longer holds the task (it is {current})")]
@@ -268,19 +282,41 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
     };
     match transition {
         Transition::Start { record } => {
+            if record.owner_thread_id != rec.owner_thread_id {
+                // An id is its owner's for good: no other owner may replace,
+                // restart or adopt it.
+                return Outcome::Rejected(Rejection::OwnerMismatch);
+            }
             if record.run_id.is_some() && rec.run_id == record.run_id {
                 // Our own start, written by an earlier try whose outcome was
                 // unknown (and perhaps finished since).
                 return Outcome::AlreadyApplied;
             }
             if rec.status != TaskStatus::Running {
-                let mut next = (**record).clone();
-                next.attempt = rec.attempt + 1;
-                return Outcome::Applied(next);
+                // The next attempt, exactly: a start planned on an older view
+                // of the record (someone started an attempt in between) is
+                // fenced off like any other write of the wrong attempt.
+                if record.attempt != rec.attempt + 1 {
+                    return Outcome::Rejected(if record.attempt <= rec.attempt {
+                        Rejection::StaleAttempt {
+                            attempt: record.attempt,
+                            current: rec.attempt,
+                        }
+                    } else {
+                        Rejection::FutureAttempt {
+                            attempt: record.attempt,
+                            current: rec.attempt,
+                        }
+                    });
+                }
+                return Outcome::Applied((**record).clone());
             }
-            // A running record: adopt it if nobody else holds it (a record
-            // created ahead of the spawn, or our own earlier, ambiguous
-            // write), and take its lease.
+            if let Some(rejection) = fence(rec, record.attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            // A running record of the same attempt: adopt it if nobody else
+            // holds it (a record created ahead of the spawn, or our own
+            // earlier, ambiguous write), and take its lease.
             let holder = record.lease.as_ref().map(|l| &l.holder);
             match rec.lease.as_ref().map(|l| &l.holder) {
                 Some(current) if Some(current) != holder => {
@@ -288,11 +324,21 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
                         holder: current.clone(),
                     })
                 }
-                Some(_) => Outcome::AlreadyApplied,
+                // Ours already: a retried start, or a new run of an earlier
+                // life of this instance, which takes the record over.
+                Some(_) if rec.run_id == record.run_id => Outcome::AlreadyApplied,
+                Some(_) => {
+                    let mut next = rec.clone();
+                    next.lease = record.lease.clone();
+                    next.run_id = record.run_id.clone();
+                    next.updated_at_ms = record.updated_at_ms;
+                    Outcome::Applied(next)
+                }
                 None if record.lease.is_none() => Outcome::AlreadyApplied,
                 None => {
                     let mut next = rec.clone();
                     next.lease = record.lease.clone();
+                    next.run_id = record.run_id.clone();
                     next.updated_at_ms = record.updated_at_ms;
                     Outcome::Applied(next)
                 }
@@ -468,8 +514,12 @@ mod tests {
     }
 
     fn start() -> Transition {
+        start_of(1)
+    }
+
+    fn start_of(attempt: u32) -> Transition {
         Transition::Start {
-            record: Box::new(record(Running, 1)),
+            record: Box::new(record(Running, attempt)),
         }
     }
 
@@ -492,7 +542,7 @@ mod tests {
         finished.status = Completed;
         assert_eq!(apply(Some(&finished), &t), Outcome::AlreadyApplied);
         // A new start (another run id) of the finished task is the next attempt.
-        let mut next = record(Running, 1);
+        let mut next = record(Running, 2);
         next.run_id = Some("run-2".into());
         assert!(matches!(
             apply(Some(&finished), &Transition::Start { record: Box::new(next) }),
@@ -501,11 +551,38 @@ mod tests {
     }
 
     #[test]
-    fn start_adopts_a_running_record() {
+    fn start_adopts_a_running_record_of_its_attempt() {
         assert_eq!(
-            apply(Some(&record(Running, 3)), &start()),
+            apply(Some(&record(Running, 3)), &start_of(3)),
             Outcome::AlreadyApplied
         );
+        assert!(matches!(
+            apply(Some(&record(Running, 3)), &start_of(2)),
+            Outcome::Rejected(Rejection::StaleAttempt { .. })
+        ));
+    }
+
+    #[test]
+    fn no_start_of_another_owner_touches_a_record() {
+        let mut theirs = record(Running, 1);
+        theirs.owner_thread_id = "bob".into();
+        for status in [Running, Completed, Failed, Cancelled, Stopped] {
+            let mine = record(status, 1);
+            for attempt in [1, 2] {
+                let mut start = theirs.clone();
+                start.attempt = attempt;
+                assert_eq!(
+                    apply(
+                        Some(&mine),
+                        &Transition::Start {
+                            record: Box::new(start)
+                        }
+                    ),
+                    Outcome::Rejected(Rejection::OwnerMismatch),
+                    "{status} attempt {attempt}"
+                );
+            }
+        }
     }
 
     fn lease(holder: &str) -> Option<Lease> {
@@ -571,13 +648,22 @@ mod tests {
     #[test]
     fn start_on_a_finished_record_begins_the_next_attempt() {
         for status in [Completed, Failed, Cancelled, Stopped] {
-            match apply(Some(&record(status, 2)), &start()) {
+            match apply(Some(&record(status, 2)), &start_of(3)) {
                 Outcome::Applied(r) => {
                     assert_eq!((r.status, r.attempt), (Running, 3), "from {status}");
                     assert!(r.result.is_none() && r.error.is_none());
                 }
                 other => panic!("from {status}: {other:?}"),
             }
+            // A start planned on an older view is fenced off.
+            assert!(matches!(
+                apply(Some(&record(status, 2)), &start_of(2)),
+                Outcome::Rejected(Rejection::StaleAttempt { .. })
+            ));
+            assert!(matches!(
+                apply(Some(&record(status, 2)), &start_of(4)),
+                Outcome::Rejected(Rejection::FutureAttempt { .. })
+            ));
         }
     }
 

@@ -301,13 +301,30 @@ async fn cancel_tree_reaches_tasks_held_by_another_instance() {
         a.get("o", &unrelated).await.expect("known").status,
         TaskStatus::Running
     );
-    // B's view, from the durable records.
+    // B's view, from the durable records: `get` of a task held elsewhere,
+    // and the paged history (finished records are no longer open, so
+    // `list_including_durable` leaves them out).
     a.flush().await;
-    let seen = b.list_including_durable("o", None).await.expect("list");
     for id in std::iter::once(&root).chain(&children) {
-        let s = seen.iter().find(|s| &s.task_id == id).expect("listed");
+        let s = b.get("o", id).await.expect("durable");
         assert_eq!(s.status, TaskStatus::Cancelled, "{id}");
     }
+    let open = b.list_including_durable("o", None).await.expect("list");
+    assert_eq!(
+        open.iter().map(|s| s.task_id.as_str()).collect::<Vec<_>>(),
+        [unrelated.as_str()],
+        "only the task still running is open"
+    );
+    let history = b.list_durable_page("o", None, 0).await.expect("page");
+    assert_eq!(history.tasks.len(), 5);
+    assert_eq!(history.next, None);
+    let first = b.list_durable_page("o", None, 2).await.expect("page");
+    assert_eq!(first.tasks.len(), 2);
+    let rest = b
+        .list_durable_page("o", first.next.as_deref(), 10)
+        .await
+        .expect("page");
+    assert_eq!(rest.tasks.len(), 3);
     let err = b.cancel("o", &root).await.expect_err("finished");
     assert!(matches!(err, TaskError::NotRunning { .. }), "{err:?}");
     let err = b

@@ -10,25 +10,32 @@
 //! the registry. Whoever needs both takes the registry lock first; code
 //! holding a slot lock never takes the registry lock.
 //!
-//! # Allocation
+//! # Allocation and history
 //!
 //! A spawn is on the hot path of every caller, so the registry shares rather
 //! than copies: a task's identity lives once, in its slot, and the id table,
 //! the owner's creation order and the task's context all point at the slot.
 //! Owners and task types are interned (one `Arc` each, shared by all their
 //! tasks). Summaries are built from the slot when asked for.
+//!
+//! The registry keeps nothing of a task once it is collected: its owner's
+//! index is dropped with its last task, and tables that have shrunk to a
+//! quarter of their capacity give memory back, so an owner's calls cost the
+//! same after a long history as in a fresh manager ([`Registry::stats`]
+//! shows it).
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use crate::{RunCancellationToken, TaskId, TaskStatus, TaskSummary};
+use crate::{Progress, RunCancellationToken, TaskId, TaskStatus, TaskSummary};
 
 /// The hasher of the registry's tables: seeded per process, so ids chosen by
 /// callers cannot be crafted to collide, and several times cheaper than
@@ -42,7 +49,7 @@ const MAX_INTERNED_TYPES: usize = 4096;
 /// One owner, shared by its index and by every one of its tasks' slots.
 #[derive(Debug)]
 pub(crate) struct OwnerShared {
-    pub(crate) name: Box<str>,
+    pub(crate) name: Arc<str>,
     /// How many of the owner's tasks are running.
     pub(crate) running: AtomicUsize,
 }
@@ -55,11 +62,15 @@ pub(crate) struct TaskSlot {
     pub(crate) task_type: Arc<str>,
     pub(crate) description: String,
     pub(crate) parent_task_id: Option<TaskId>,
-    /// The task's metadata as JSON text (`None` for `null`): a small JSON
-    /// object as a `Value` costs several hundred bytes, as text a few dozen.
-    pub(crate) metadata: Option<Box<str>>,
+    /// The task's metadata (`None` for `null`).
+    pub(crate) metadata: Option<Box<Value>>,
     pub(crate) created_at_ms: u64,
     pub(crate) supports_resume: bool,
+    /// Its attempt, known when it starts (with a store: the durable one).
+    pub(crate) attempt: u32,
+    /// The unique id of the start of this epoch, written in its durable
+    /// record (with a store), so recovery knows a record is this epoch's.
+    pub(crate) run_id: Option<Box<str>>,
     /// Unique per spawn: the epoch of this slot and its place in the owner's
     /// creation order.
     pub(crate) seq: u64,
@@ -87,6 +98,12 @@ impl TaskSlot {
         self.owner.running.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Whether nothing can run this task again: terminal, or stopped
+    /// without support for resume.
+    pub(crate) fn is_closed(&self, entry: &Entry) -> bool {
+        entry.status.is_terminal() || (entry.status == TaskStatus::Stopped && !self.supports_resume)
+    }
+
     /// The task's summary as of `entry` (this slot's locked state).
     pub(crate) fn summary(&self, entry: &Entry) -> TaskSummary {
         TaskSummary {
@@ -100,13 +117,8 @@ impl TaskSlot {
             completed_at_ms: entry.completed_at_ms,
             parent_task_id: self.parent_task_id.clone(),
             supports_resume: self.supports_resume,
-            attempt: entry.attempt,
-            // Written by `metadata_text`, so it parses.
-            metadata: self
-                .metadata
-                .as_deref()
-                .and_then(|text| serde_json::from_str(text).ok())
-                .unwrap_or(Value::Null),
+            attempt: self.attempt,
+            metadata: self.metadata.as_deref().cloned().unwrap_or(Value::Null),
             persistence_error: entry.persistence_error.clone(),
         }
     }
@@ -134,60 +146,74 @@ impl TaskSlot {
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) status: TaskStatus,
-    /// Its attempt: known at spawn, or learnt from the store's first write.
-    pub(crate) attempt: u32,
     pub(crate) error: Option<String>,
     pub(crate) result: Option<Value>,
     pub(crate) completed_at_ms: Option<u64>,
+    /// The last write error, or why a write is late; see `TaskSummary`.
     pub(crate) persistence_error: Option<String>,
+    pub(crate) progress: Option<Progress>,
     /// The caller's token, or the one made on first use; dropped once the
     /// task has finished: nothing cancels it any more.
     pub(crate) token: Option<RunCancellationToken>,
     pub(crate) cancel_requested: bool,
     /// Interrupted by `shutdown`, not cancelled by a caller.
     pub(crate) shutting_down: bool,
-    /// The durable attempt of this epoch, when known before its first write
-    /// (a resumed task).
-    pub(crate) durable_attempt: Option<u32>,
     pub(crate) abort: Option<AbortHandle>,
     /// Callers inside `wait` for this epoch: the task is never collected
     /// while there are any.
     pub(crate) waiters: u32,
     /// Store writes queued and not yet resolved, over all epochs of the id.
     pub(crate) pending_writes: u32,
+    /// Since when the oldest unresolved write has been pending.
+    pub(crate) pending_since: Option<Instant>,
+    /// Whether the owner's count of closed tasks includes this one.
+    pub(crate) counted_closed: bool,
+    /// Outputs emitted by this epoch so far.
     pub(crate) output_seq: u64,
+    /// Without a task store: the outputs kept for `output` (a bounded tail).
+    /// Boxed: most tasks never emit, and an empty `Option<Box<_>>` costs a
+    /// word where an empty `VecDeque` costs four, in every task's entry.
+    #[allow(clippy::box_collection)]
+    pub(crate) outputs: Option<Box<VecDeque<(u64, Value)>>>,
 }
 
 impl Entry {
     /// The state of a task that starts running now.
-    pub(crate) fn running(
-        attempt: u32,
-        token: Option<RunCancellationToken>,
-        durable_attempt: Option<u32>,
-        pending_writes: u32,
-    ) -> Self {
+    pub(crate) fn running(token: Option<RunCancellationToken>, pending_writes: u32) -> Self {
         Self {
             status: TaskStatus::Running,
-            attempt,
             error: None,
             result: None,
             completed_at_ms: None,
             persistence_error: None,
+            progress: None,
             token,
             cancel_requested: false,
             shutting_down: false,
-            durable_attempt,
             abort: None,
             waiters: 0,
             pending_writes,
+            pending_since: (pending_writes > 0).then(Instant::now),
+            counted_closed: false,
             output_seq: 0,
+            outputs: None,
         }
     }
 
-    /// Whether retention or `gc_terminal` may drop it: terminal, every write
-    /// resolved, nobody waiting.
-    pub(crate) fn is_collectable(&self) -> bool {
-        self.status.is_terminal() && self.pending_writes == 0 && self.waiters == 0
+    /// Counts `n` more writes pending.
+    pub(crate) fn add_pending(&mut self, n: u32) {
+        if self.pending_writes == 0 {
+            self.pending_since = Some(Instant::now());
+        }
+        self.pending_writes += n;
+    }
+
+    /// Counts `n` writes resolved (durable or given up).
+    pub(crate) fn resolve_pending(&mut self, n: u32) {
+        self.pending_writes = self.pending_writes.saturating_sub(n);
+        if self.pending_writes == 0 {
+            self.pending_since = None;
+        }
     }
 }
 
@@ -225,6 +251,35 @@ pub(crate) struct OwnerTasks {
     pub(crate) order: BTreeMap<u64, Arc<TaskSlot>>,
     /// Children by parent task id, for `cancel_tree`.
     pub(crate) children: HashMap<TaskId, Vec<TaskId>, BuildHasher>,
+    /// With a retention policy: tasks that became collectable, in that
+    /// order (an entry whose slot is gone or no longer collectable is
+    /// skipped when it comes up).
+    pub(crate) collectable: VecDeque<Weak<TaskSlot>>,
+    /// How many of the owner's tasks are closed (terminal, or stopped for
+    /// good).
+    pub(crate) closed: usize,
+}
+
+/// What a manager holds, for metrics and for tests that check that
+/// collected tasks leave nothing behind
+/// ([`BackgroundTaskManager::stats`](crate::BackgroundTaskManager::stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManagerStats {
+    /// Tasks held (every status).
+    pub tasks: usize,
+    /// Tasks running.
+    pub running: usize,
+    /// Owners with at least one task held.
+    pub owners: usize,
+    /// Parent links indexed for `cancel_tree`, over all owners.
+    pub parent_links: usize,
+    /// Entries waiting in the retention queues, over all owners.
+    pub retention_queue: usize,
+    /// Slots allocated in the id table (it shrinks as tasks are collected).
+    pub id_table_capacity: usize,
+    /// Store writes queued and not yet durable (0 without a task store).
+    pub pending_writes: usize,
 }
 
 /// Every live task of a manager.
@@ -234,7 +289,10 @@ pub(crate) struct Registry {
     pub(crate) owners: HashMap<Box<str>, OwnerTasks, BuildHasher>,
     types: HashSet<Arc<str>, BuildHasher>,
     pub(crate) next_seq: u64,
+    /// No new task is admitted (the manager shuts down).
     pub(crate) closed: bool,
+    /// Admitted calls still launching (see `Admission`).
+    pub(crate) launching: usize,
 }
 
 impl Registry {
@@ -272,11 +330,13 @@ impl Registry {
     /// An empty index for an owner.
     fn add_owner(&mut self, shared: Arc<OwnerShared>) {
         self.owners.insert(
-            shared.name.clone(),
+            Box::from(&*shared.name),
             OwnerTasks {
                 shared,
                 order: BTreeMap::new(),
                 children: HashMap::default(),
+                collectable: VecDeque::new(),
+                closed: 0,
             },
         );
     }
@@ -316,11 +376,17 @@ impl Registry {
     /// Removes a task and its index entries.
     pub(crate) fn remove(&mut self, id: &str) -> Option<Arc<TaskSlot>> {
         let slot = self.tasks.take(id)?.0;
-        let running = slot.lock().status == TaskStatus::Running;
+        let (running, closed) = {
+            let entry = slot.lock();
+            (entry.status == TaskStatus::Running, entry.counted_closed)
+        };
         if let Some(owner) = self.owners.get_mut(slot.owner()) {
             owner.order.remove(&slot.seq);
             if running {
                 slot.stopped_running();
+            }
+            if closed {
+                owner.closed = owner.closed.saturating_sub(1);
             }
             if let Some(parent) = &slot.parent_task_id
                 && let Some(siblings) = owner.children.get_mut(parent)
@@ -332,9 +398,84 @@ impl Registry {
             }
             if owner.order.is_empty() {
                 self.owners.remove(slot.owner());
+            } else {
+                shrink_map(&mut owner.children);
             }
         }
+        shrink_set(&mut self.tasks);
+        shrink_map(&mut self.owners);
         Some(slot)
+    }
+
+    /// Counts one of the owner's tasks as closed (it just became so), once.
+    pub(crate) fn count_closed(&mut self, slot: &TaskSlot) {
+        let mut entry = slot.lock();
+        if entry.counted_closed || !slot.is_closed(&entry) {
+            return;
+        }
+        if let Some(owner) = self.owners.get_mut(slot.owner()) {
+            entry.counted_closed = true;
+            owner.closed += 1;
+        }
+    }
+
+    /// Offers a task that just became collectable to retention.
+    pub(crate) fn offer_collectable(&mut self, slot: &Arc<TaskSlot>) {
+        if let Some(owner) = self.owners.get_mut(slot.owner()) {
+            owner.collectable.push_back(Arc::downgrade(slot));
+        }
+    }
+
+    /// Drops the owner's collectable tasks that `expired` or the count limit
+    /// no longer keeps, oldest first. Amortised O(1) per finished task: it
+    /// pops the front of the owner's retention queue, and compacts the queue
+    /// when stale entries make up most of it.
+    pub(crate) fn enforce_retention(
+        &mut self,
+        owner: &str,
+        max_closed: Option<usize>,
+        expired: impl Fn(&TaskSlot, &Entry) -> bool,
+    ) {
+        let max_closed = max_closed.unwrap_or(usize::MAX);
+        loop {
+            let Some(index) = self.owners.get_mut(owner) else {
+                return;
+            };
+            let Some(candidate) = index.collectable.front() else {
+                return;
+            };
+            let current = candidate.upgrade().filter(|slot| {
+                index
+                    .order
+                    .get(&slot.seq)
+                    .is_some_and(|held| Arc::ptr_eq(held, slot))
+            });
+            let Some(slot) = current else {
+                index.collectable.pop_front();
+                continue;
+            };
+            let (collectable, old) = {
+                let entry = slot.lock();
+                (is_collectable(&slot, &entry), expired(&slot, &entry))
+            };
+            if !collectable {
+                // Offered again when it becomes collectable again.
+                index.collectable.pop_front();
+                continue;
+            }
+            if !(old || index.closed > max_closed) {
+                break;
+            }
+            index.collectable.pop_front();
+            self.remove(&slot.task_id);
+        }
+        if let Some(index) = self.owners.get_mut(owner)
+            && index.collectable.len() > 64
+            && index.collectable.len() > 2 * index.closed
+        {
+            index.collectable.retain(|weak| weak.strong_count() > 0);
+            index.collectable.shrink_to_fit();
+        }
     }
 
     /// Every task of `owner` reachable from `root` through parent links,
@@ -370,16 +511,46 @@ impl Registry {
             .flat_map(|o| o.order.values())
     }
 
-    /// The collectable task ids of `owner` in creation order, with when each
-    /// finished (milliseconds of the manager's clock).
-    pub(crate) fn collectable(&self, owner: &str) -> Vec<(TaskId, Option<u64>)> {
+    /// The collectable task ids of `owner`, in creation order.
+    pub(crate) fn collectable(&self, owner: &str) -> Vec<TaskId> {
         self.owner_slots(owner)
-            .filter_map(|slot| {
-                let entry = slot.lock();
-                entry
-                    .is_collectable()
-                    .then(|| (slot.task_id.clone(), entry.completed_at_ms))
-            })
+            .filter(|slot| is_collectable(slot, &slot.lock()))
+            .map(|slot| slot.task_id.clone())
             .collect()
+    }
+
+    /// What the registry holds.
+    pub(crate) fn stats(&self) -> ManagerStats {
+        let mut stats = ManagerStats {
+            tasks: self.tasks.len(),
+            owners: self.owners.len(),
+            id_table_capacity: self.tasks.capacity(),
+            ..ManagerStats::default()
+        };
+        for owner in self.owners.values() {
+            stats.running += owner.shared.running.load(Ordering::Acquire);
+            stats.parent_links += owner.children.values().map(Vec::len).sum::<usize>();
+            stats.retention_queue += owner.collectable.len();
+        }
+        stats
+    }
+}
+
+/// Whether retention or `gc_terminal` may drop a task: closed, every write
+/// resolved, nobody waiting.
+pub(crate) fn is_collectable(slot: &TaskSlot, entry: &Entry) -> bool {
+    slot.is_closed(entry) && entry.pending_writes == 0 && entry.waiters == 0
+}
+
+/// Gives memory back once a table is down to a quarter of its capacity.
+fn shrink_set<T: Hash + Eq>(set: &mut HashSet<T, BuildHasher>) {
+    if set.capacity() > 64 && set.len() < set.capacity() / 4 {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
+fn shrink_map<K: Hash + Eq, V>(map: &mut HashMap<K, V, BuildHasher>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }

@@ -1,0 +1,485 @@
+//! [`BackgroundTaskManagerBuilder`]: a manager's configuration, checked as a
+//! whole when it is built.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{TaskError, TaskStore, validate};
+
+/// The default time a cancelled task gets to return before it is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// The default lease TTL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The default bound of the persistence outbox, in writes.
+pub const DEFAULT_OUTBOX_LIMIT: usize = 100_000;
+
+/// Which finished tasks a manager keeps, beyond explicit
+/// [`gc_terminal`](crate::BackgroundTaskManager::gc_terminal) calls.
+///
+/// Applied to an owner's tasks whenever one of them finishes and when the
+/// owner's tasks are listed, at an amortised O(1) cost per finished task.
+/// Only tasks that can never run again (terminal, or stopped without support
+/// for resume) whose writes are resolved and that nobody is waiting on are
+/// ever dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep at most this many finished tasks per owner (the ones finished
+    /// longest ago go first).
+    pub max_terminal_per_owner: Option<usize>,
+    /// Drop finished tasks that finished longer ago than this.
+    pub max_age: Option<Duration>,
+}
+
+impl RetentionPolicy {
+    pub(crate) fn is_active(&self) -> bool {
+        self.max_terminal_per_owner.is_some() || self.max_age.is_some()
+    }
+}
+
+/// What a spawn does when the persistence outbox is full (see
+/// [`outbox_limit`](BackgroundTaskManagerBuilder::outbox_limit)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutboxFull {
+    /// The spawn waits until the store has caught up enough (the default).
+    #[default]
+    Wait,
+    /// The spawn is refused at once with the retryable
+    /// [`TaskError::Backpressure`].
+    Refuse,
+}
+
+/// Retry timing of failed writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `failures` (from 1): doubling from
+    /// `initial`, capped at `max`, with "equal jitter" (between half and all
+    /// of it) so that many failed writes do not retry in lockstep.
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        let capped = exp.min(self.max);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// How the persistence outbox behaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutboxConfig {
+    pub(crate) backoff: Backoff,
+    pub(crate) limit: usize,
+    pub(crate) when_full: OutboxFull,
+    /// A write pending longer than this shows on the summary and in events.
+    pub(crate) warn_after: Duration,
+    /// A store call that takes longer than this is abandoned as timed out
+    /// (and retried: every write is safe to repeat).
+    pub(crate) write_timeout: Duration,
+}
+
+/// Lease and recovery timing of a manager with a task store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseConfig {
+    /// How long a lease holds without renewal.
+    pub(crate) ttl: Duration,
+    /// How often the instance renews its lease (one write for all its tasks).
+    pub(crate) renew_every: Duration,
+    /// How often the instance reads its inbox of cross-process requests.
+    pub(crate) poll_every: Duration,
+    /// Run `recover` when the manager starts.
+    pub(crate) recover_on_start: bool,
+    /// Run `recover` this often.
+    pub(crate) recover_every: Option<Duration>,
+    /// A lease counts as expired only this long after its expiry, to absorb
+    /// clock skew between processes.
+    pub(crate) skew_allowance: Duration,
+}
+
+/// Everything a built manager runs by, checked by
+/// [`try_build`](BackgroundTaskManagerBuilder::try_build).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) task_store: Option<Arc<TaskStore>>,
+    pub(crate) cancel_grace: Duration,
+    pub(crate) retention: RetentionPolicy,
+    pub(crate) event_capacity: usize,
+    pub(crate) instance_id: String,
+    /// Whether the cross-process layer is built.
+    pub(crate) multi_process: bool,
+    pub(crate) leases: LeaseConfig,
+    pub(crate) outbox: OutboxConfig,
+    pub(crate) max_result_bytes: Option<usize>,
+    pub(crate) resumable_types: HashSet<String>,
+}
+
+/// Configures a [`BackgroundTaskManager`](crate::BackgroundTaskManager).
+///
+/// # One process or several
+///
+/// A manager with a task store is a **single-process** manager unless it is
+/// given an [`instance_id`](Self::instance_id) (or any of the options that
+/// only make sense across processes: [`lease`](Self::lease),
+/// [`control_poll_interval`](Self::control_poll_interval),
+/// [`recover_on_start`](Self::recover_on_start),
+/// [`recover_every`](Self::recover_every),
+/// [`clock_skew_allowance`](Self::clock_skew_allowance), or
+/// [`multi_process`](Self::multi_process)). A single-process manager assumes
+/// no other manager writes its tasks: everything its registry can answer is
+/// answered from memory, and the store is only written (and read by
+/// [`recover`](crate::BackgroundTaskManager::recover) and by re-spawns of ids
+/// it no longer holds). A multi-process manager also renews a lease on its
+/// tasks, reads an inbox of requests from other processes, and reaches tasks
+/// other processes hold (`cancel`, `cancel_tree`, `get`, `wait`, `resume`,
+/// `list_including_durable`). Several managers sharing one store must all be
+/// multi-process.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct BackgroundTaskManagerBuilder {
+    task_store: Option<Arc<TaskStore>>,
+    cancel_grace: Duration,
+    retention: RetentionPolicy,
+    backoff: Backoff,
+    event_capacity: usize,
+    instance_id: Option<String>,
+    multi_process: bool,
+    leases: LeaseConfig,
+    outbox_limit: usize,
+    when_full: OutboxFull,
+    warn_after: Duration,
+    write_timeout: Duration,
+    max_result_bytes: Option<usize>,
+    resumable_types: HashSet<String>,
+}
+
+impl Default for BackgroundTaskManagerBuilder {
+    fn default() -> Self {
+        Self {
+            task_store: None,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            retention: RetentionPolicy::default(),
+            backoff: Backoff {
+                initial: Duration::from_millis(20),
+                max: Duration::from_secs(5),
+            },
+            event_capacity: 1024,
+            instance_id: None,
+            multi_process: false,
+            leases: LeaseConfig {
+                ttl: DEFAULT_LEASE_TTL,
+                renew_every: DEFAULT_LEASE_TTL / 3,
+                poll_every: Duration::from_millis(250),
+                recover_on_start: false,
+                recover_every: None,
+                skew_allowance: Duration::from_secs(1),
+            },
+            outbox_limit: DEFAULT_OUTBOX_LIMIT,
+            when_full: OutboxFull::Wait,
+            warn_after: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            max_result_bytes: None,
+            resumable_types: HashSet::from(["agent_run".to_owned()]),
+        }
+    }
+}
+
+impl BackgroundTaskManagerBuilder {
+    /// Persists every task's transitions in this store.
+    pub fn task_store(mut self, store: Arc<TaskStore>) -> Self {
+        self.task_store = Some(store);
+        self
+    }
+
+    /// How long a cancelled task may keep running before it is dropped and
+    /// recorded `cancelled` (default [`DEFAULT_CANCEL_GRACE`]).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Which finished tasks to keep in memory (default: all, until
+    /// `gc_terminal`).
+    pub fn retention(mut self, policy: RetentionPolicy) -> Self {
+        self.retention = policy;
+        self
+    }
+
+    /// The delay before the first retry of a failed store write and the cap of
+    /// the doubling delays after it (defaults 20 ms and 5 s). While the store
+    /// itself fails (every write does), the manager sends one probe write at
+    /// a time on this schedule and holds the others back, so an outage costs
+    /// the store almost nothing.
+    pub fn persistence_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff = Backoff {
+            initial,
+            max: max.max(initial),
+        };
+        self
+    }
+
+    /// The bound of the persistence outbox, in writes not yet durable
+    /// (default [`DEFAULT_OUTBOX_LIMIT`]), and what a spawn does when it is
+    /// reached (default [`OutboxFull::Wait`]). A task's finish is always
+    /// queued (its work is done); spawns and output are held back instead: a
+    /// spawn waits or is refused, and output emitted while the outbox is full
+    /// reaches subscribers but not the store (see
+    /// [`TaskContext::try_emit`](crate::TaskContext::try_emit)). So the
+    /// outbox holds at most `limit` writes plus one finish per running task.
+    pub fn outbox_limit(mut self, limit: usize, when_full: OutboxFull) -> Self {
+        self.outbox_limit = limit;
+        self.when_full = when_full;
+        self
+    }
+
+    /// How long a store write may stay pending before the task's summary
+    /// says so (`persistence_error`) and a
+    /// [`PersistenceDelayed`](crate::TaskEventKind::PersistenceDelayed) event
+    /// is sent (default 5 s). This is how a store that hangs, rather than
+    /// fails, shows.
+    pub fn persistence_warn_after(mut self, after: Duration) -> Self {
+        self.warn_after = after;
+        self
+    }
+
+    /// How long one store call of the outbox may take before it is abandoned
+    /// as timed out and retried (default 30 s; every write is safe to
+    /// repeat).
+    pub fn persistence_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// The largest result (in bytes of its JSON encoding) a task may return
+    /// when a task store is used (default: no limit). A larger result ends
+    /// the task `failed` with an error that says so, and nothing that large
+    /// is written: on Redis one very large value delays every other write
+    /// (and lease renewals) behind it.
+    pub fn max_result_bytes(mut self, limit: usize) -> Self {
+        self.max_result_bytes = Some(limit);
+        self
+    }
+
+    /// The task types whose tasks support resume (default `["agent_run"]`):
+    /// a task of one of these types that is interrupted (by `shutdown`, or by
+    /// the loss of its process) ends `stopped` and can be resumed; others end
+    /// `failed`.
+    pub fn resumable_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.resumable_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many events a slow subscriber may fall behind before it misses
+    /// some (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// This manager's instance id, the holder named in the leases of the
+    /// tasks it runs (default: a new unique id), and makes the manager
+    /// multi-process (see [One process or several](Self#one-process-or-several)).
+    /// Give a process the same id across restarts and `recover` knows at once
+    /// that running records held by that id belong to an earlier life. The
+    /// id follows the rules of task ids (non-empty, no control characters,
+    /// at most 200 bytes): a hostname read with its newline is refused.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self.multi_process = true;
+        self
+    }
+
+    /// Makes the manager multi-process (or single-process again) without
+    /// choosing its instance id.
+    pub fn multi_process(mut self, on: bool) -> Self {
+        self.multi_process = on;
+        self
+    }
+
+    /// How long a lease holds without renewal (default 30 s), and how often
+    /// the manager renews it (default a third of that), on its own schedule.
+    /// Renewal is one write per period for all the manager's tasks.
+    /// `renew_every` must be at most half the TTL, so that one lost renewal
+    /// does not lose the lease ([`try_build`](Self::try_build) says so
+    /// otherwise). Makes the manager multi-process.
+    pub fn lease(mut self, ttl: Duration, renew_every: Duration) -> Self {
+        self.leases.ttl = ttl;
+        self.leases.renew_every = renew_every;
+        self.multi_process = true;
+        self
+    }
+
+    /// How often the manager reads its inbox of cancellation requests from
+    /// other processes (default 250 ms), and how often a `wait` for a task of
+    /// another process looks at its record when the store sends no signal.
+    /// Makes the manager multi-process.
+    pub fn control_poll_interval(mut self, every: Duration) -> Self {
+        self.leases.poll_every = every;
+        self.multi_process = true;
+        self
+    }
+
+    /// Runs [`recover`](crate::BackgroundTaskManager::recover) when the
+    /// manager starts (default off). Makes the manager multi-process.
+    pub fn recover_on_start(mut self, on: bool) -> Self {
+        self.leases.recover_on_start = on;
+        self.multi_process = true;
+        self
+    }
+
+    /// Runs [`recover`](crate::BackgroundTaskManager::recover) this often
+    /// (default never). Makes the manager multi-process.
+    pub fn recover_every(mut self, every: Duration) -> Self {
+        self.leases.recover_every = Some(every);
+        self.multi_process = true;
+        self
+    }
+
+    /// How long past its expiry a lease must be before recovery takes the
+    /// task over, to absorb clock skew between processes (default 1 s).
+    /// Makes the manager multi-process.
+    pub fn clock_skew_allowance(mut self, allowance: Duration) -> Self {
+        self.leases.skew_allowance = allowance;
+        self.multi_process = true;
+        self
+    }
+
+    /// Builds the manager. With a task store, its background work (lease
+    /// renewal, inbox, recovery) starts now when called inside a tokio
+    /// runtime, else with the first call made inside one.
+    ///
+    /// # Panics
+    ///
+    /// When the configuration is invalid; [`try_build`](Self::try_build)
+    /// says why as an error instead.
+    pub fn build(self) -> crate::BackgroundTaskManager {
+        match self.try_build() {
+            Ok(manager) => manager,
+            Err(error) => panic!("invalid task manager configuration: {error}"),
+        }
+    }
+
+    /// Builds the manager, or says what to change in the configuration.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming the option and what to change: an instance id
+    /// that is not a valid id; a zero duration where time must pass (lease
+    /// TTL, renewal, poll interval, recovery period, write timeout); a
+    /// renewal interval longer than half the lease TTL; a zero outbox limit.
+    pub fn try_build(self) -> Result<crate::BackgroundTaskManager, TaskError> {
+        let config = self.into_config()?;
+        Ok(crate::BackgroundTaskManager::from_config(config))
+    }
+
+    fn into_config(self) -> Result<Config, TaskError> {
+        let invalid = |reason: String| TaskError::InvalidInput { reason };
+        let instance_id = match self.instance_id {
+            Some(id) => {
+                validate::task_id("instance_id", &id)?;
+                id
+            }
+            None => format!("mgr-{}", crate::new_task_id()),
+        };
+        let l = self.leases;
+        let positive = [
+            ("the lease TTL (`lease`)", l.ttl),
+            ("the renewal interval (`lease`)", l.renew_every),
+            ("the control poll interval", l.poll_every),
+            ("the persistence write timeout", self.write_timeout),
+        ];
+        for (what, value) in positive {
+            if value.is_zero() {
+                return Err(invalid(format!("{what} must be longer than zero")));
+            }
+        }
+        if l.recover_every.is_some_and(|every| every.is_zero()) {
+            return Err(invalid(
+                "`recover_every` must be longer than zero".to_owned(),
+            ));
+        }
+        if l.renew_every >= l.ttl {
+            return Err(invalid(format!(
+                "the lease is renewed every {:?}, which is not shorter than its TTL of {:?}: \
+                 renew at most every TTL/2 (for example `lease({:?}, {:?})`)",
+                l.renew_every,
+                l.ttl,
+                l.ttl,
+                l.ttl / 3
+            )));
+        }
+        if l.renew_every > l.ttl / 2 {
+            return Err(invalid(format!(
+                "the lease is renewed every {:?}, more than half its TTL of {:?}: one late renewal \
+                 would lose it; renew at most every TTL/2 (for example `lease({:?}, {:?})`)",
+                l.renew_every,
+                l.ttl,
+                l.ttl,
+                l.ttl / 3
+            )));
+        }
+        if self.outbox_limit == 0 {
+            return Err(invalid(
+                "the outbox limit must be at least 1 write".to_owned(),
+            ));
+        }
+        Ok(Config {
+            multi_process: self.multi_process && self.task_store.is_some(),
+            task_store: self.task_store,
+            cancel_grace: self.cancel_grace,
+            retention: self.retention,
+            event_capacity: self.event_capacity,
+            instance_id,
+            leases: l,
+            outbox: OutboxConfig {
+                backoff: self.backoff,
+                limit: self.outbox_limit,
+                when_full: self.when_full,
+                warn_after: self.warn_after,
+                write_timeout: self.write_timeout,
+            },
+            max_result_bytes: self.max_result_bytes,
+            resumable_types: self.resumable_types,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for _ in 0..100 {
+            let d1 = b.delay(1);
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
+            let d3 = b.delay(3);
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
+            let d30 = b.delay(30);
+            assert!(
+                d30 >= Duration::from_secs(1) && d30 <= Duration::from_secs(2),
+                "{d30:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Supervision: each task runs in its own tokio task, and however its
+//! future ends (it returns, it panics, it outlives its cancel grace, its
+//! runtime shuts down under it) the core records an outcome. No task stays
+//! `running` after its future is gone.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use futures::FutureExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Core;
+use super::context::TaskContext;
+use super::registry::TaskSlot;
+use crate::{RunCancellationToken, TaskResult};
+
+/// How a task's tokio task ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    Returned(TaskResult),
+    Panicked(String),
+    /// Cancelled and still running after the grace period: dropped.
+    Abandoned,
+    /// Its future was dropped before it ended: the runtime it ran on shut
+    /// down.
+    Dropped,
+}
+
+/// Records a task's end when its future is dropped without ending (its
+/// runtime shut down). A task whose outcome is already recorded (returned,
+/// aborted by the manager after recording it) is left as it is.
+struct EndGuard {
+    core: Weak<Core>,
+    slot: Arc<TaskSlot>,
+    armed: bool,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(core) = self.core.upgrade()
+        {
+            core.finish(&self.slot, Ended::Dropped);
+        }
+    }
+}
+
+/// Runs one task to its end and records the outcome.
+///
+/// Holds the core weakly: when the last handle to a manager is dropped,
+/// its tasks are aborted (see `Drop for Core`) and nothing more is recorded,
+/// as if the process had died; recovery settles their durable records. A
+/// task that outlives its cancel grace is dropped by the manager's reaper,
+/// not from in here, so the common path carries no timer.
+pub(crate) async fn run_task<F, Fut>(
+    core: Weak<Core>,
+    slot: Arc<TaskSlot>,
+    token: Option<RunCancellationToken>,
+    f: F,
+    ctx: TaskContext,
+) where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = TaskResult> + Send + 'static,
+{
+    let mut guard = EndGuard {
+        core,
+        slot,
+        armed: true,
+    };
+    let work = AssertUnwindSafe(async move { f(ctx).await }).catch_unwind();
+    let outcome = match token {
+        None => work.await,
+        // A caller's token cancelled from outside is a cancellation request,
+        // so it starts the grace.
+        Some(token) => {
+            tokio::pin!(work);
+            tokio::select! {
+                biased;
+                outcome = &mut work => outcome,
+                () = token.cancelled() => {
+                    if let Some(core) = guard.core.upgrade() {
+                        core.schedule_reap(&guard.slot);
+                    }
+                    work.await
+                }
+            }
+        }
+    };
+    guard.armed = false;
+    let ended = match outcome {
+        Ok(result) => Ended::Returned(result),
+        Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
+    };
+    if let Some(core) = guard.core.upgrade() {
+        core.finish(&guard.slot, ended);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
+
+/// Cancelled tasks to drop if they outlive the cancel grace. Deadlines
+/// arrive in order (the grace is the same for every task), so a queue is
+/// enough. Its worker runs only while the queue is not empty.
+#[derive(Debug, Default)]
+pub(crate) struct Reaper {
+    state: Mutex<ReaperState>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct ReaperState {
+    due: VecDeque<(Instant, Weak<TaskSlot>)>,
+    running: bool,
+}
+
+impl Reaper {
+    /// Queues a slot to drop at `deadline`; returns whether a worker must
+    /// be started.
+    pub(crate) fn push(&self, deadline: Instant, slot: &Arc<TaskSlot>) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.due.push_back((deadline, Arc::downgrade(slot)));
+        if state.running {
+            false
+        } else {
+            state.running = true;
+            true
+        }
+    }
+
+    /// A worker could not be started (no runtime): the next push tries.
+    pub(crate) fn not_started(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running = false;
+    }
+
+    /// The next deadline; `None` (and the worker uncounted) when nothing is
+    /// queued.
+    fn next(&self) -> Option<Instant> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = state.due.front().map(|(at, _)| *at);
+        if next.is_none() {
+            state.running = false;
+        }
+        next
+    }
+
+    fn take_due(&self, now: Instant) -> Vec<Weak<TaskSlot>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut due = Vec::new();
+        while state.due.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, slot)) = state.due.pop_front() {
+                due.push(slot);
+            }
+        }
+        due
+    }
+}
+
+/// Clears the reaper's running mark if its worker is dropped (its runtime
+/// shut down), so the next push starts another.
+struct ReaperGuard(Weak<Core>);
+
+impl Drop for ReaperGuard {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.upgrade() {
+            core.reaper.not_started();
+        }
+    }
+}
+
+/// The reaper's worker.
+pub(crate) async fn reap(core: Weak<Core>) {
+    let mut guard = Some(ReaperGuard(core.clone()));
+    loop {
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        let Some(next) = strong.reaper.next() else {
+            // `next` cleared the mark under the lock.
+            if let Some(mut g) = guard.take() {
+                g.0 = Weak::new();
+            }
+            return;
+        };
+        drop(strong);
+        tokio::time::sleep_until(next).await;
+        let Some(strong) = core.upgrade() else {
+            return;
+        };
+        for slot in strong.reaper.take_due(Instant::now()) {
+            if let Some(slot) = slot.upgrade() {
+                strong.abandon(&slot);
+            }
+        }
+        strong.reaper.wake.notify_waiters();
+    }
+}
