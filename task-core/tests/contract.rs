@@ -239,3 +239,18 @@ async fn store_open_refuses_unknown_schemes_with_a_clear_error() {
         assert!(err.to_string().contains("memory://"), "{err}");
     }
 }
+
+/// Built without the `redis` feature (`cargo xtask ci` runs the tests that
+/// way too), a Redis URL is refused with an error that names the feature
+/// once and does not print the password.
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn store_open_of_a_redis_url_without_the_feature_names_the_feature() {
+    let err = task_core::store::open("redis://:secret@localhost:6379/0")
+        .await
+        .expect_err("feature off");
+    let text = err.to_string();
+    assert!(text.contains("feature `redis` is not enabled"), "{text}");
+    assert_eq!(text.matches("redis://").count(), 1, "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}

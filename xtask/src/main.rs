@@ -22,7 +22,8 @@ Usage: cargo xtask <command>
 
 Commands:
   ci             fmt check, clippy (-D warnings, all targets, all feature sets),
-                 the workspace tests, docs with warnings denied
+                 the workspace tests (all features, and task-core with none),
+                 docs with warnings denied
   bench          run the benchmark workloads (release); write target/bench/results.json
   bench --quick  the same, smaller, in under a minute
   help           this text
@@ -96,6 +97,20 @@ fn ci() -> Result<(), String> {
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--locked"]);
     step("test", test)?;
+
+    // The feature-off paths: task-core without any backend compiled in
+    // (its doc examples open `memory://`, so they run only with it).
+    let mut bare = cargo();
+    bare.args([
+        "test",
+        "-p",
+        "task-core",
+        "--no-default-features",
+        "--lib",
+        "--tests",
+        "--locked",
+    ]);
+    step("test (no default features)", bare)?;
 
     let mut doc = cargo();
     doc.args([

@@ -42,7 +42,6 @@ use tokio::time::Instant;
 
 use super::background::Background;
 use super::builder::{OutboxConfig, OutboxFull};
-use super::core::registry::BuildHasher;
 use crate::records::{Change, Known};
 use crate::state::TaskRecord;
 use crate::{TaskError, TaskId, TaskStore};
@@ -128,7 +127,8 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    queues: HashMap<TaskId, TaskQueue, BuildHasher>,
+    /// Seeded per process (ids are chosen by callers), cheap on short keys.
+    queues: HashMap<TaskId, TaskQueue, foldhash::quality::RandomState>,
     /// Tasks with jobs waiting, not in flight and not delayed.
     ready: VecDeque<TaskId>,
     /// Tasks waiting out a retry delay of their own.
