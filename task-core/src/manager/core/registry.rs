@@ -554,3 +554,106 @@ fn shrink_map<K: Hash + Eq, V>(map: &mut HashMap<K, V, BuildHasher>) {
         map.shrink_to(map.len() * 2);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn slot(reg: &mut Registry, owner: &str, id: &str) -> Arc<TaskSlot> {
+        let seq = reg.next_seq;
+        reg.next_seq += 1;
+        let slot = Arc::new(TaskSlot {
+            task_id: id.to_owned(),
+            owner: reg.owner(owner),
+            task_type: reg.task_type("t"),
+            description: String::new(),
+            parent_task_id: None,
+            metadata: None,
+            created_at_ms: 0,
+            supports_resume: false,
+            attempt: 1,
+            run_id: None,
+            seq,
+            finished: Notify::new(),
+            state: Mutex::new(Entry::running(None, 0)),
+        });
+        reg.insert(Arc::clone(&slot));
+        slot
+    }
+
+    fn finish(reg: &mut Registry, slot: &Arc<TaskSlot>) {
+        {
+            let mut entry = slot.lock();
+            entry.status = TaskStatus::Completed;
+            slot.stopped_running();
+        }
+        reg.count_closed(slot);
+        reg.offer_collectable(slot);
+    }
+
+    /// The cost of retention per finished task is a few checks, whatever the
+    /// number of tasks the owner holds (it once walked them all).
+    #[test]
+    fn retention_costs_constant_work_per_finished_task() {
+        let mut reg = Registry::default();
+        let checks = Cell::new(0usize);
+        let n = 10_000;
+        for i in 0..n {
+            let s = slot(&mut reg, "o", &format!("t{i}"));
+            finish(&mut reg, &s);
+            reg.enforce_retention("o", Some(100), |_, _| {
+                checks.set(checks.get() + 1);
+                false
+            });
+        }
+        assert_eq!(reg.owner_slots("o").count(), 100);
+        assert!(
+            checks.get() <= 2 * n,
+            "{} checks for {n} finishes",
+            checks.get()
+        );
+        // A waited-on task is skipped and offered again later.
+        let waited = slot(&mut reg, "o", "waited");
+        finish(&mut reg, &waited);
+        waited.lock().waiters = 1;
+        for i in 0..200 {
+            let s = slot(&mut reg, "o", &format!("more{i}"));
+            finish(&mut reg, &s);
+            reg.enforce_retention("o", Some(100), |_, _| false);
+        }
+        assert!(
+            reg.get("waited").is_some(),
+            "never collected while waited on"
+        );
+    }
+
+    #[test]
+    fn collected_tasks_leave_nothing_behind() {
+        let mut reg = Registry::default();
+        for i in 0..10_000 {
+            let s = slot(&mut reg, "o", &format!("t{i}"));
+            finish(&mut reg, &s);
+        }
+        let big = reg.stats();
+        assert_eq!(big.tasks, 10_000);
+        for id in reg.collectable("o") {
+            reg.remove(&id);
+        }
+        let empty = reg.stats();
+        assert_eq!(
+            (
+                empty.tasks,
+                empty.owners,
+                empty.parent_links,
+                empty.retention_queue
+            ),
+            (0, 0, 0, 0)
+        );
+        assert!(
+            empty.id_table_capacity <= 128,
+            "the id table gave its memory back: {empty:?}"
+        );
+    }
+}
