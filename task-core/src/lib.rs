@@ -107,7 +107,7 @@ pub use ::task_store as thread_store;
 
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use task_store_memory::MemoryStore;
+pub use task_store_memory::{MemoryStore, MemoryStoreOptions};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

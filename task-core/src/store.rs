@@ -1,6 +1,7 @@
 //! Opening a thread store from a URL.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use task_store::{ThreadStore, ThreadStoreError};
 
@@ -8,6 +9,14 @@ use task_store::{ThreadStore, ThreadStoreError};
 ///
 /// - `memory://` opens a new, empty in-process `MemoryStore`, always
 ///   (whatever the features; the `memory` feature re-exports the type).
+///   It keeps finished records for a long-running process's sake: by
+///   default a finished task record is dropped 24 hours after it finished,
+///   and at most 100,000 finished records are kept (the oldest go first;
+///   running and resumable records are never dropped). Change it with
+///   `memory://?retention=1h&max_finished=10000`; `none` lifts a limit
+///   (`memory://?retention=none&max_finished=none` keeps everything).
+///   Durations are a number with `ms`, `s`, `m`, `h` or `d`. Any other
+///   parameter is refused.
 /// - `redis://host:port/db?prefix=P` and `rediss://…` connect a
 ///   `RedisStore` (feature `redis`); see `task_store_redis` for the options.
 ///
@@ -44,10 +53,85 @@ pub async fn open(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
     }
 }
 
+/// The retention of `memory://` when the URL does not say.
+const MEMORY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The count limit of finished records of `memory://` when the URL does not
+/// say.
+const MEMORY_MAX_FINISHED: usize = 100_000;
+
 /// `memory://` always opens, whatever the features: it is the embedded
 /// default.
-fn open_memory(_url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
-    Ok(Arc::new(task_store_memory::MemoryStore::new()))
+fn open_memory(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let (host, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !host.trim_end_matches('/').is_empty() {
+        return Err(ThreadStoreError::invalid_input(format!(
+            "memory:// takes no host or path (got {host:?}); write memory:// or memory://?retention=1h"
+        )));
+    }
+    let mut options = task_store_memory::MemoryStoreOptions::default()
+        .with_retention(Some(MEMORY_RETENTION))
+        .with_max_finished(Some(MEMORY_MAX_FINISHED));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "retention" => {
+                options = options.with_retention(none_or(value, parse_duration)?);
+            }
+            "max_finished" => {
+                options = options.with_max_finished(none_or(value, |v| {
+                    v.parse::<usize>().map_err(|_| {
+                        ThreadStoreError::invalid_input(format!(
+                            "max_finished={v:?} is not a whole number (or none)"
+                        ))
+                    })
+                })?);
+            }
+            other => {
+                return Err(ThreadStoreError::invalid_input(format!(
+                    "unknown parameter {other:?} in {url:?}; memory:// takes retention and max_finished"
+                )));
+            }
+        }
+    }
+    Ok(Arc::new(task_store_memory::MemoryStore::with_options(
+        options,
+    )))
+}
+
+/// `none` as `None`, anything else parsed.
+fn none_or<T>(
+    value: &str,
+    parse: impl FnOnce(&str) -> Result<T, ThreadStoreError>,
+) -> Result<Option<T>, ThreadStoreError> {
+    if value.eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
+
+/// A duration written as a whole number with a unit: `250ms`, `30s`, `15m`,
+/// `24h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, ThreadStoreError> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let n: u64 = digits.parse().map_err(|_| {
+        ThreadStoreError::invalid_input(format!(
+            "{text:?} is not a duration; write a whole number with ms, s, m, h or d (e.g. 24h)"
+        ))
+    })?;
+    let seconds = |factor: u64| Duration::from_secs(n.saturating_mul(factor));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(seconds(1)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        "d" => Ok(seconds(86_400)),
+        _ => Err(ThreadStoreError::invalid_input(format!(
+            "{text:?} has no known unit; write a whole number with ms, s, m, h or d (e.g. 24h)"
+        ))),
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -85,6 +169,41 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_written_with_a_unit() {
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("7d").ok(),
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        for bad in ["", "7", "h", "1.5h", "3 weeks", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_urls_set_retention_and_refuse_unknown_parameters() {
+        assert!(open("memory://").await.is_ok());
+        assert!(open("memory://?retention=1h&max_finished=10").await.is_ok());
+        assert!(
+            open("memory://?retention=none&max_finished=none")
+                .await
+                .is_ok()
+        );
+        for (url, says) in [
+            ("memory://?retension=1h", "retension"),
+            ("memory://?retention=forever", "forever"),
+            ("memory://?max_finished=-1", "max_finished"),
+            ("memory://somewhere", "no host"),
+        ] {
+            let err = open(url).await.expect_err("refused");
+            assert!(err.to_string().contains(says), "{url}: {err}");
+        }
+    }
 
     #[test]
     fn urls_are_shown_without_credentials() {
