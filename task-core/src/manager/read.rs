@@ -6,7 +6,7 @@ use futures::Stream;
 use tokio::sync::broadcast;
 
 use super::distributed::{sort_by_creation, summary_of};
-use super::streams::OutputStream;
+use super::streams::{OutputStream, OwnerWatch};
 use super::{BackgroundTaskManager, DurablePage, ManagerStats};
 use crate::{
     OutputEntry, OutputPage, TaskError, TaskEvent, TaskId, TaskStatus, TaskSummary, validate,
@@ -187,7 +187,14 @@ impl BackgroundTaskManager {
                 return Err(TaskError::unknown(task_id));
             }
         }
-        store.read_output(task_id, after, limit).await
+        match store.read_output(task_id, after, limit).await {
+            // Held here and not written yet: nothing durable to read so far.
+            Err(TaskError::UnknownTask { .. }) if slot.is_some() => Ok(OutputPage {
+                entries: Vec::new(),
+                next: after,
+            }),
+            other => other,
+        }
     }
 
     /// The output of one of the owner's tasks as a stream for a UI: what is
@@ -202,6 +209,26 @@ impl BackgroundTaskManager {
         after: u64,
     ) -> impl Stream<Item = Result<OutputEntry, TaskError>> + Send + 'static {
         let state = OutputStream::new(self.clone(), owner, task_id, after);
+        futures::stream::unfold(state, |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        })
+    }
+
+    /// The changes of one owner's tasks in every process: the durable
+    /// counterpart of [`subscribe`](Self::subscribe). It yields the summary
+    /// of each of the owner's open tasks (running or resumable) when it
+    /// starts, then the summary of each task whose status or attempt
+    /// changed, and the final summary of each task that closed. With a task
+    /// store it reads the owner's open records every control poll interval
+    /// (the cost of the owner's live work, not of its history), so it sees
+    /// the tasks of every process that shares the store; without one, it
+    /// follows this manager's events.
+    pub fn watch_owner(
+        &self,
+        owner: &str,
+    ) -> impl Stream<Item = Result<TaskSummary, TaskError>> + Send + 'static {
+        let state = OwnerWatch::new(self.clone(), owner);
         futures::stream::unfold(state, |mut state| async move {
             let item = state.next().await?;
             Some((item, state))

@@ -148,6 +148,8 @@ struct TaskQueue {
     owner: Arc<str>,
     jobs: VecDeque<Queued>,
     in_flight: bool,
+    /// Jobs of the write in flight (out of `jobs` while written).
+    in_flight_jobs: usize,
     delayed: bool,
     failures: u32,
     /// What is stored, as far as the outbox knows (to skip a load).
@@ -385,6 +387,7 @@ impl Outbox {
                             owner,
                             jobs: VecDeque::from([queued]),
                             in_flight: false,
+                            in_flight_jobs: 0,
                             delayed: false,
                             failures: 0,
                             known,
@@ -483,7 +486,7 @@ impl Outbox {
             .filter(|(_, q)| !q.jobs.is_empty() || q.in_flight)
             .map(|(id, q)| PendingWrite {
                 task_id: id.clone(),
-                writes: q.jobs.len(),
+                writes: q.jobs.len() + q.in_flight_jobs,
                 last_error: q.last_error.clone(),
             })
             .collect();

@@ -182,6 +182,7 @@ impl State {
             tags.push(job.tag);
         }
         q.in_flight = true;
+        q.in_flight_jobs = n;
         Some(Pick {
             task_id,
             owner: Arc::clone(&q.owner),
@@ -206,6 +207,7 @@ impl State {
             });
         }
         q.in_flight = false;
+        q.in_flight_jobs = 0;
         if !q.delayed {
             self.ready.push_back(pick.task_id);
         }
@@ -331,6 +333,7 @@ fn finish_batch(shared: &Arc<Shared>, picks: Vec<Pick>, results: Vec<WriteResult
                 continue;
             };
             q.in_flight = false;
+            q.in_flight_jobs = 0;
             match result {
                 Ok(record) => {
                     store_answered = true;
