@@ -64,7 +64,11 @@ async fn shutdown_is_bounded_by_its_grace_when_the_store_hangs() {
         took <= Duration::from_millis(1_100),
         "shutdown took {took:?}"
     );
-    assert_eq!(report.finished, [id.as_str()], "the task stopped when asked");
+    assert_eq!(
+        report.finished,
+        [id.as_str()],
+        "the task stopped when asked"
+    );
     assert!(!report.lease_released, "{report:?}");
     let pending: Vec<&str> = report
         .not_durable

@@ -91,6 +91,7 @@
 //! handy under a profiler), `--out PATH` (default
 //! `<workspace>/target/bench/results.json`, or `$CARGO_TARGET_DIR/bench/…`).
 
+mod durable;
 mod memory;
 mod redis;
 mod report;
@@ -103,7 +104,7 @@ use std::time::Instant;
 use report::Measurement;
 
 /// The workloads, in the order they run and are reported.
-const WORKLOADS: [&str; 7] = [
+const WORKLOADS: [&str; 15] = [
     "spawn_complete",
     "list_owner_scaling",
     "has_running_scaling",
@@ -111,6 +112,14 @@ const WORKLOADS: [&str; 7] = [
     "persist_memory",
     "persist_redis",
     "memory_per_task",
+    "list_owner_small",
+    "cancel_tree_small",
+    "cancel_tree_store_scaling_memory",
+    "cancel_tree_store_scaling_redis",
+    "recover_scaling_memory",
+    "recover_scaling_redis",
+    "list_durable_scaling_memory",
+    "list_durable_scaling_redis",
 ];
 
 const HELP: &str = "\
@@ -121,7 +130,10 @@ prints a table and writes a JSON list of results (default
 target/bench/results.json).
 
 Workloads: spawn_complete, list_owner_scaling, has_running_scaling,
-cancel_tree_scaling, persist_memory, persist_redis, memory_per_task.
+cancel_tree_scaling, persist_memory, persist_redis, memory_per_task,
+list_owner_small, cancel_tree_small, cancel_tree_store_scaling_memory,
+cancel_tree_store_scaling_redis, recover_scaling_memory, recover_scaling_redis,
+list_durable_scaling_memory, list_durable_scaling_redis.
 ";
 
 /// How much work each workload does.
@@ -153,6 +165,8 @@ pub(crate) struct Sizes {
     pub(crate) redis_bench_requests: usize,
     /// Tasks of `memory_per_task`.
     pub(crate) memory_tasks: usize,
+    /// Finished records of the durable-layer workloads' history.
+    pub(crate) history: usize,
 }
 
 impl Sizes {
@@ -171,6 +185,7 @@ impl Sizes {
             redis_tasks: 20_000,
             redis_bench_requests: 200_000,
             memory_tasks: 100_000,
+            history: 100_000,
         }
     }
 
@@ -183,6 +198,7 @@ impl Sizes {
             has_running_calls: 30_000,
             trees: 3,
             redis_tasks: 5_000,
+            history: 20_000,
             ..Self::full()
         }
     }
@@ -288,6 +304,21 @@ fn main() -> ExitCode {
 
     let started = Instant::now();
     let mut results: Vec<Measurement> = Vec::new();
+    // One private redis-server for the durable-layer rows on Redis, started
+    // only when one of them runs.
+    let wants_redis = WORKLOADS
+        .iter()
+        .any(|n| n.ends_with("_redis") && *n != "persist_redis" && options.selected(n));
+    let redis = if wants_redis {
+        Some(durable::redis_backend())
+    } else {
+        None
+    };
+    let redis_backend = || match &redis {
+        Some(Ok((_, backend))) => Ok(backend.clone()),
+        Some(Err(why)) => Err(why.clone()),
+        None => Err("not started".to_owned()),
+    };
     for name in WORKLOADS {
         if !options.selected(name) {
             continue;
@@ -302,6 +333,22 @@ fn main() -> ExitCode {
             "persist_memory" => workloads::persist_memory(sizes),
             "persist_redis" => redis::persist_redis(sizes),
             "memory_per_task" => memory::memory_per_task(sizes),
+            "list_owner_small" => durable::list_owner_small(sizes),
+            "cancel_tree_small" => durable::cancel_tree_small(sizes),
+            "cancel_tree_store_scaling_memory" => {
+                durable::cancel_tree_store_scaling(sizes, Ok(durable::Backend::Memory))
+            }
+            "cancel_tree_store_scaling_redis" => {
+                durable::cancel_tree_store_scaling(sizes, redis_backend())
+            }
+            "recover_scaling_memory" => {
+                durable::recover_scaling(sizes, Ok(durable::Backend::Memory))
+            }
+            "recover_scaling_redis" => durable::recover_scaling(sizes, redis_backend()),
+            "list_durable_scaling_memory" => {
+                durable::list_durable_scaling(sizes, Ok(durable::Backend::Memory))
+            }
+            "list_durable_scaling_redis" => durable::list_durable_scaling(sizes, redis_backend()),
             _ => unreachable!("every workload name is matched"),
         };
         eprintln!(

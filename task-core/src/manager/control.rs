@@ -78,8 +78,7 @@ impl BackgroundTaskManager {
         task_id: &str,
     ) -> Result<TreeCancellation, TaskError> {
         self.touch();
-        let (mut root_status, local_ids) = self.core.local_tree(owner, task_id);
-        let mut cancelled = self.core.cancel_each(owner, &local_ids);
+        let (mut root_status, mut cancelled) = self.core.cancel_local_tree(owner, task_id);
         let mut remote_error = None;
         if let Some(remote) = &self.remote {
             if root_status.is_none() {

@@ -112,6 +112,9 @@ impl Core {
         entry.error = error;
         entry.completed_at_ms = Some(at_ms);
         entry.token = None;
+        if let Some(number) = entry.reap.take() {
+            self.reaper.forget(number);
+        }
         slot.finished.notify_waiters();
         if let Some(outbox) = &self.outbox {
             entry.add_pending(1);
@@ -139,13 +142,15 @@ impl Core {
     /// After a task stopped running: counts it closed, offers it to
     /// retention, and applies retention to its owner.
     pub(super) fn after_finish(&self, slot: &TaskSlot) {
+        // Only retention needs the owner's count of closed tasks: without a
+        // policy a finish never takes the registry lock.
+        if !self.retention.is_active() {
+            return;
+        }
         let (closed, collectable) = {
             let entry = slot.lock();
             (slot.is_closed(&entry), is_collectable(slot, &entry))
         };
-        if !closed && !self.retention.is_active() {
-            return;
-        }
         let mut reg = self.lock();
         // This epoch's slot, if it is still registered (not replaced).
         let Some(slot) = reg
@@ -158,12 +163,10 @@ impl Core {
         if closed {
             reg.count_closed(&slot);
         }
-        if self.retention.is_active() {
-            if collectable {
-                reg.offer_collectable(&slot);
-            }
-            self.enforce_retention(&mut reg, slot.owner());
+        if collectable {
+            reg.offer_collectable(&slot);
         }
+        self.enforce_retention(&mut reg, slot.owner());
     }
 
     /// Offers a task that just became collectable (its writes resolved, its

@@ -189,13 +189,19 @@ impl Core {
                 token.cancel();
             }
             self.emit(slot, TaskEventKind::CancelRequested);
-            self.schedule_reap(slot);
+            self.schedule_reap(slot, entry);
         }
     }
 
-    /// Has the reaper drop the task if it still runs a cancel grace from now.
-    pub(crate) fn schedule_reap(self: &Arc<Self>, slot: &Arc<TaskSlot>) {
-        if self.reaper.push(Instant::now() + self.cancel_grace, slot) {
+    /// Has the reaper drop the task if it still runs a cancel grace from now
+    /// (once per epoch); the task forgets its entry when it ends first.
+    pub(crate) fn schedule_reap(self: &Arc<Self>, slot: &Arc<TaskSlot>, entry: &mut Entry) {
+        if entry.reap.is_some() {
+            return;
+        }
+        let (number, start) = self.reaper.push(Instant::now() + self.cancel_grace, slot);
+        entry.reap = Some(number);
+        if start {
             let started = self.background.spawn(reap(Arc::downgrade(self)));
             if !started {
                 // No runtime, so no timer: the next cancel made inside one
@@ -247,33 +253,36 @@ impl Core {
         }
     }
 
-    /// The ids of the owner's tasks reachable from `root` here, root first,
-    /// and the root's status (`None` when the owner has no such task here).
-    pub(crate) fn local_tree(&self, owner: &str, root: &str) -> (Option<TaskStatus>, Vec<TaskId>) {
-        let reg = self.lock();
-        let status = reg.visible(owner, root).map(|slot| slot.lock().status);
-        (status, reg.tree(owner, root))
-    }
-
-    /// Requests the cancellation of each of `ids` that the owner runs here;
-    /// returns their summaries, in the order given.
-    pub(crate) fn cancel_each(self: &Arc<Self>, owner: &str, ids: &[TaskId]) -> Vec<TaskSummary> {
-        let reg = self.lock();
-        let mut cancelled = Vec::new();
-        for id in ids {
-            if let Some(slot) = reg.visible(owner, id) {
-                let mut entry = slot.lock();
-                if entry.status == TaskStatus::Running {
-                    self.request_cancel(slot, &mut entry);
-                    cancelled.push(slot.summary(&entry));
-                }
+    /// Requests the cancellation of every running task of the owner's tree
+    /// under `root` held here, under one registry lock; returns the root's
+    /// status (`None` when the owner has no such task here) and the
+    /// summaries of the tasks whose cancellation it requested, root first.
+    pub(crate) fn cancel_local_tree(
+        self: &Arc<Self>,
+        owner: &str,
+        root: &str,
+    ) -> (Option<TaskStatus>, Vec<TaskSummary>) {
+        // The registry lock only for the walk; each task's cancel under its
+        // own lock, so finishing tasks (and spawns) are not held up.
+        let slots: Vec<Arc<TaskSlot>> = {
+            let reg = self.lock();
+            reg.tree(owner, root).into_iter().cloned().collect()
+        };
+        let Some(root_slot) = slots.first().filter(|s| s.task_id == root) else {
+            return (None, Vec::new());
+        };
+        let status = root_slot.lock().status;
+        let mut cancelled = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            let mut entry = slot.lock();
+            if entry.status == TaskStatus::Running {
+                self.request_cancel(slot, &mut entry);
+                cancelled.push(slot.summary(&entry));
             }
         }
-        cancelled
+        (Some(status), cancelled)
     }
-}
 
-impl Core {
     // -------------------------------------------------------------------
     // Queries
     // -------------------------------------------------------------------

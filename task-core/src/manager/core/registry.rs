@@ -159,6 +159,8 @@ pub(crate) struct Entry {
     /// Interrupted by `shutdown`, not cancelled by a caller.
     pub(crate) shutting_down: bool,
     pub(crate) abort: Option<AbortHandle>,
+    /// Its entry in the reaper's queue while a cancel grace runs.
+    pub(crate) reap: Option<u64>,
     /// Callers inside `wait` for this epoch: the task is never collected
     /// while there are any.
     pub(crate) waiters: u32,
@@ -191,6 +193,7 @@ impl Entry {
             cancel_requested: false,
             shutting_down: false,
             abort: None,
+            reap: None,
             waiters: 0,
             pending_writes,
             pending_since: (pending_writes > 0).then(Instant::now),
@@ -478,10 +481,10 @@ impl Registry {
         }
     }
 
-    /// Every task of `owner` reachable from `root` through parent links,
-    /// `root` first, each once, even when the links form a cycle. Costs the
-    /// size of the tree.
-    pub(crate) fn tree(&self, owner: &str, root: &str) -> Vec<TaskId> {
+    /// The slots of every task of `owner` held here and reachable from
+    /// `root` through parent links, `root` first, each once, even when the
+    /// links form a cycle. Costs the size of the tree.
+    pub(crate) fn tree(&self, owner: &str, root: &str) -> Vec<&Arc<TaskSlot>> {
         let Some(index) = self.owners.get(owner) else {
             return Vec::new();
         };
@@ -492,7 +495,9 @@ impl Registry {
             if !seen.insert(id) {
                 continue;
             }
-            out.push(id.to_owned());
+            if let Some(slot) = self.visible(owner, id) {
+                out.push(slot);
+            }
             if let Some(children) = index.children.get(id) {
                 queue.extend(children.iter().map(String::as_str));
             }

@@ -9,7 +9,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use futures::FutureExt;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Core;
@@ -82,7 +81,10 @@ pub(crate) async fn run_task<F, Fut>(
                 outcome = &mut work => outcome,
                 () = token.cancelled() => {
                     if let Some(core) = guard.core.upgrade() {
-                        core.schedule_reap(&guard.slot);
+                        let mut entry = guard.slot.lock();
+                        if entry.status == crate::TaskStatus::Running {
+                            core.schedule_reap(&guard.slot, &mut entry);
+                        }
                     }
                     work.await
                 }
@@ -109,58 +111,89 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Cancelled tasks to drop if they outlive the cancel grace. Deadlines
 /// arrive in order (the grace is the same for every task), so a queue is
-/// enough. Its worker runs only while the queue is not empty.
+/// enough. A task that ends before its deadline forgets its entry at once
+/// ([`forget`](Self::forget)), so the queue never keeps a finished task's
+/// memory alive. Its worker runs only while the queue is not empty.
 #[derive(Debug, Default)]
 pub(crate) struct Reaper {
     state: Mutex<ReaperState>,
-    wake: Notify,
 }
 
 #[derive(Debug, Default)]
 struct ReaperState {
-    due: VecDeque<(Instant, Weak<TaskSlot>)>,
+    /// Deadlines in order; `None` for an entry forgotten.
+    due: VecDeque<(Instant, Option<Weak<TaskSlot>>)>,
+    /// The number of the entry at the front of `due`.
+    head: u64,
     running: bool,
 }
 
-impl Reaper {
-    /// Queues a slot to drop at `deadline`; returns whether a worker must
-    /// be started.
-    pub(crate) fn push(&self, deadline: Instant, slot: &Arc<TaskSlot>) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.due.push_back((deadline, Arc::downgrade(slot)));
-        if state.running {
-            false
-        } else {
-            state.running = true;
-            true
+impl ReaperState {
+    /// Drops forgotten entries from the front.
+    fn trim(&mut self) {
+        while self.due.front().is_some_and(|(_, slot)| slot.is_none()) {
+            self.due.pop_front();
+            self.head += 1;
         }
+    }
+}
+
+impl Reaper {
+    fn state(&self) -> std::sync::MutexGuard<'_, ReaperState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a slot to drop at `deadline`; returns the entry's number (to
+    /// forget it) and whether a worker must be started.
+    pub(crate) fn push(&self, deadline: Instant, slot: &Arc<TaskSlot>) -> (u64, bool) {
+        let mut state = self.state();
+        let number = state.head + state.due.len() as u64;
+        state.due.push_back((deadline, Some(Arc::downgrade(slot))));
+        let start = !state.running;
+        state.running = true;
+        (number, start)
+    }
+
+    /// Forgets entry `number`: its task ended before its deadline.
+    pub(crate) fn forget(&self, number: u64) {
+        let mut state = self.state();
+        let Some(index) = number
+            .checked_sub(state.head)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        if let Some(entry) = state.due.get_mut(index) {
+            entry.1 = None;
+        }
+        state.trim();
     }
 
     /// A worker could not be started (no runtime): the next push tries.
     pub(crate) fn not_started(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .running = false;
+        self.state().running = false;
     }
 
     /// The next deadline; `None` (and the worker uncounted) when nothing is
     /// queued.
     fn next(&self) -> Option<Instant> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
+        state.trim();
         let next = state.due.front().map(|(at, _)| *at);
         if next.is_none() {
             state.running = false;
+            state.due.shrink_to_fit();
         }
         next
     }
 
     fn take_due(&self, now: Instant) -> Vec<Weak<TaskSlot>> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state();
         let mut due = Vec::new();
         while state.due.front().is_some_and(|(at, _)| *at <= now) {
             if let Some((_, slot)) = state.due.pop_front() {
-                due.push(slot);
+                state.head += 1;
+                due.extend(slot);
             }
         }
         due
@@ -203,6 +236,5 @@ pub(crate) async fn reap(core: Weak<Core>) {
                 strong.abandon(&slot);
             }
         }
-        strong.reaper.wake.notify_waiters();
     }
 }
