@@ -82,6 +82,17 @@ pub enum TaskError {
     #[error("the task manager is shutting down")]
     ShuttingDown,
 
+    /// A concurrency limit is reached and the spawn asked to be refused
+    /// rather than queued ([`WhenLimited::Refuse`](crate::WhenLimited::Refuse)).
+    /// Nothing was changed. Retryable.
+    #[error("Task '{task_id}' was not started: {reason}")]
+    Limited {
+        /// The task.
+        task_id: TaskId,
+        /// Which limit.
+        reason: String,
+    },
+
     /// The persistence outbox is full (the store is slow or down) and the
     /// manager is configured to refuse rather than wait
     /// ([`OutboxFull::Refuse`](crate::OutboxFull::Refuse)). Nothing was
@@ -107,7 +118,7 @@ impl TaskError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable(),
-            Self::Backpressure { .. } => true,
+            Self::Backpressure { .. } | Self::Limited { .. } => true,
             _ => false,
         }
     }

@@ -22,7 +22,11 @@ pub struct TaskEvent {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum TaskEventKind {
-    /// The task was spawned and is running.
+    /// The task was spawned but waits for a concurrency limit
+    /// (`Spawned` follows when it starts).
+    Queued,
+    /// The task was spawned and is running (or a queued task started, or a
+    /// retry began its attempt).
     Spawned,
     /// A cancellation was requested.
     CancelRequested,
@@ -36,6 +40,17 @@ pub enum TaskEventKind {
         /// Its status.
         status: TaskStatus,
     },
+    /// The attempt failed and the task's retry policy runs it again after
+    /// `delay`, as its next attempt; meanwhile it is `queued`.
+    RetryScheduled {
+        /// Why the attempt failed.
+        error: String,
+        /// How long until the next attempt starts.
+        delay: std::time::Duration,
+    },
+    /// The task ran longer than its timeout: its cancellation was requested
+    /// and it ends `failed`.
+    TimedOut,
     /// Every write of the task so far is durable.
     Persisted,
     /// A write to the task store failed; it is retried unless `permanent`.

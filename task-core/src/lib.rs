@@ -77,6 +77,7 @@ mod error;
 mod events;
 mod manager;
 mod model;
+pub mod policy;
 mod protocol;
 mod records;
 pub mod state;
@@ -95,6 +96,7 @@ pub use model::{
     NewTaskSpec, Progress, RunCancellationToken, SpawnParams, TaskId, TaskResult, TaskStatus,
     TaskSummary, new_task_id,
 };
+pub use policy::{RetryOn, RetryPolicy, TaskPolicy, TaskRequest, WhenLimited};
 pub use protocol::TASK_KIND;
 pub use records::{OutputEntry, OutputPage, TaskStore, VersionedRecord};
 pub use state::{Lease, Rejection, TaskRecord, Transition};

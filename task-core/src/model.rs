@@ -46,6 +46,11 @@ pub(crate) fn new_task_id_at(now_ms: u64) -> TaskId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// Waiting to start: held back by a concurrency limit, or waiting out
+    /// the backoff before its next retry. Not started (for this attempt),
+    /// not finished. Only in this process's view: a queued task has no
+    /// durable record of this attempt yet.
+    Queued,
     /// Started and not finished.
     Running,
     /// Finished with a result. Terminal.
@@ -62,6 +67,7 @@ impl TaskStatus {
     /// The lowercase name, as serialized: `"running"`, `"completed"`...
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Running => "running",
             Self::Completed => "completed",
             Self::Failed => "failed",
@@ -76,9 +82,10 @@ impl TaskStatus {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
-    /// Whether the task is no longer running (terminal or stopped).
+    /// Whether the task has finished its run (terminal or stopped): not
+    /// queued, not running.
     pub fn is_finished(self) -> bool {
-        self != Self::Running
+        !matches!(self, Self::Running | Self::Queued)
     }
 }
 

@@ -635,6 +635,7 @@ pub(crate) fn audit_message(transition: &Transition, record: &TaskRecord) -> New
     let id = match transition {
         // Lease renewals repeat; they are not de-duplicated by name.
         Transition::SetLease { at_ms, .. } => format!("a{}:lease:{at_ms}", record.attempt),
+        Transition::Checkpoint { seq, .. } => format!("a{}:checkpoint:{seq}", record.attempt),
         _ => format!("a{}:{name}", record.attempt),
     };
     // Built directly rather than with `json!`, which serializes each value
@@ -645,6 +646,16 @@ pub(crate) fn audit_message(transition: &Transition, record: &TaskRecord) -> New
     body.insert("status".to_owned(), Value::from(record.status.as_str()));
     body.insert("attempt".to_owned(), Value::from(record.attempt));
     body.insert("at_ms".to_owned(), Value::from(record.updated_at_ms));
+    // Who runs an attempt that starts (or resumes), and why one failed: the
+    // log tells an attempt's story on its own.
+    if let (Transition::Start { .. } | Transition::Resume { .. }, Some(lease)) =
+        (transition, &record.lease)
+    {
+        body.insert("by".to_owned(), Value::from(lease.holder.as_str()));
+    }
+    if let (Transition::Finish { .. }, Some(error)) = (transition, &record.error) {
+        body.insert("error".to_owned(), Value::from(error.as_str()));
+    }
     NewMessage::with_id(id, Value::Object(body))
 }
 

@@ -103,6 +103,7 @@ fn record(status: TaskStatus) -> TaskRecord {
         cancel_requested_at_ms: None,
         lease: None,
         run_id: None,
+        checkpoint: None,
     }
 }
 

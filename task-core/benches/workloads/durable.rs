@@ -106,6 +106,7 @@ fn finished_thread(owner: &str, i: usize) -> Thread {
         cancel_requested_at_ms: None,
         lease: None,
         run_id: None,
+        checkpoint: None,
     };
     let mut thread = Thread::new(TaskStore::thread_id(&id), "task")
         .with_parent(owner)
@@ -138,6 +139,7 @@ fn running_thread(owner: &str, id: &str, alive: bool) -> Thread {
             expires_at_ms: if alive { u64::MAX / 2 } else { 1 },
         }),
         run_id: Some(format!("run-{id}")),
+        checkpoint: None,
     };
     Thread::new(TaskStore::thread_id(id), "task")
         .with_parent(owner)

@@ -1,11 +1,13 @@
 //! [`BackgroundTaskManagerBuilder`]: a manager's configuration, checked as a
 //! whole when it is built.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{TaskError, TaskStore, validate};
+use super::core::policy::SharedRun;
+use crate::{TaskError, TaskPolicy, TaskStore, validate};
 
 /// The default time a cancelled task gets to return before it is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -105,7 +107,7 @@ pub(crate) struct LeaseConfig {
 
 /// Everything a built manager runs by, checked by
 /// [`try_build`](BackgroundTaskManagerBuilder::try_build).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) task_store: Option<Arc<TaskStore>>,
     pub(crate) cancel_grace: Duration,
@@ -118,6 +120,9 @@ pub(crate) struct Config {
     pub(crate) outbox: OutboxConfig,
     pub(crate) max_result_bytes: Option<usize>,
     pub(crate) resumable_types: HashSet<String>,
+    pub(crate) owner_concurrency: Option<usize>,
+    pub(crate) policies: HashMap<String, TaskPolicy>,
+    pub(crate) handlers: HashMap<String, SharedRun>,
 }
 
 /// Configures a [`BackgroundTaskManager`](crate::BackgroundTaskManager).
@@ -140,7 +145,7 @@ pub(crate) struct Config {
 /// other processes hold (`cancel`, `cancel_tree`, `get`, `wait`, `resume`,
 /// `list_including_durable`). Several managers sharing one store must all be
 /// multi-process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct BackgroundTaskManagerBuilder {
     task_store: Option<Arc<TaskStore>>,
@@ -157,6 +162,28 @@ pub struct BackgroundTaskManagerBuilder {
     write_timeout: Duration,
     max_result_bytes: Option<usize>,
     resumable_types: HashSet<String>,
+    owner_concurrency: Option<usize>,
+    policies: HashMap<String, TaskPolicy>,
+    handlers: HashMap<String, SharedRun>,
+}
+
+impl fmt::Debug for BackgroundTaskManagerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut handlers: Vec<&String> = self.handlers.keys().collect();
+        handlers.sort();
+        f.debug_struct("BackgroundTaskManagerBuilder")
+            .field("task_store", &self.task_store)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("retention", &self.retention)
+            .field("instance_id", &self.instance_id)
+            .field("multi_process", &self.multi_process)
+            .field("leases", &self.leases)
+            .field("outbox_limit", &self.outbox_limit)
+            .field("owner_concurrency", &self.owner_concurrency)
+            .field("policies", &self.policies)
+            .field("handlers", &handlers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for BackgroundTaskManagerBuilder {
@@ -186,6 +213,9 @@ impl Default for BackgroundTaskManagerBuilder {
             write_timeout: Duration::from_secs(30),
             max_result_bytes: None,
             resumable_types: HashSet::from(["agent_run".to_owned()]),
+            owner_concurrency: None,
+            policies: HashMap::new(),
+            handlers: HashMap::new(),
         }
     }
 }
@@ -276,6 +306,41 @@ impl BackgroundTaskManagerBuilder {
         S: Into<String>,
     {
         self.resumable_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// At most this many tasks of one owner run at once in this process
+    /// (default: no limit). Beyond it a spawn is queued (the task shows as
+    /// `queued` and starts, in order, when one of the owner's tasks stops
+    /// running) or refused, as the spawn asks (see
+    /// [`WhenLimited`](crate::WhenLimited); `spawn` and `spawn_with_id`
+    /// queue).
+    pub fn owner_concurrency(mut self, limit: usize) -> Self {
+        self.owner_concurrency = Some(limit);
+        self
+    }
+
+    /// The policies of one task type: timeout, retries, resumability,
+    /// concurrency (see [`TaskPolicy`]).
+    pub fn policy(mut self, task_type: impl Into<String>, policy: TaskPolicy) -> Self {
+        self.policies.insert(task_type.into(), policy);
+        self
+    }
+
+    /// Registers the work that runs tasks of `task_type`: what
+    /// [`submit`](crate::BackgroundTaskManager::submit) runs, what a retry
+    /// runs again, and what runs a `stopped` task of that type that
+    /// recovery finds (this instance resumes it by itself, as its next
+    /// attempt, with [`TaskContext::last_checkpoint`](crate::TaskContext::last_checkpoint)
+    /// from the attempt before). Processes sharing a store should register
+    /// the same handlers.
+    pub fn handler<F, Fut>(mut self, task_type: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(crate::TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::TaskResult> + Send + 'static,
+    {
+        let run: SharedRun = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        self.handlers.insert(task_type.into(), run);
         self
     }
 
@@ -433,6 +498,28 @@ impl BackgroundTaskManagerBuilder {
                 "the outbox limit must be at least 1 write".to_owned(),
             ));
         }
+        if self.owner_concurrency == Some(0) {
+            return Err(invalid(
+                "`owner_concurrency` must be at least 1 (no task could ever run)".to_owned(),
+            ));
+        }
+        for (task_type, policy) in &self.policies {
+            if policy.concurrency == Some(0) {
+                return Err(invalid(format!(
+                    "the concurrency of task type {task_type:?} must be at least 1 (no task could ever run)"
+                )));
+            }
+            if policy.retry.as_ref().is_some_and(|r| r.max_attempts == 0) {
+                return Err(invalid(format!(
+                    "the retry policy of task type {task_type:?} must allow at least 1 attempt"
+                )));
+            }
+            if policy.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(format!(
+                    "the timeout of task type {task_type:?} must be longer than zero"
+                )));
+            }
+        }
         Ok(Config {
             multi_process: self.multi_process && self.task_store.is_some(),
             task_store: self.task_store,
@@ -450,6 +537,9 @@ impl BackgroundTaskManagerBuilder {
             },
             max_result_bytes: self.max_result_bytes,
             resumable_types: self.resumable_types,
+            owner_concurrency: self.owner_concurrency,
+            policies: self.policies,
+            handlers: self.handlers,
         })
     }
 }

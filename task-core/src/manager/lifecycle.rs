@@ -54,7 +54,11 @@ impl BackgroundTaskManager {
     /// names this instance as holder without this instance knowing the run
     /// (an earlier life of this instance id), becomes `stopped` if it
     /// supports resume, else `failed` with an error that says it was
-    /// interrupted. A task whose lease is alive, and a task whose outcome is
+    /// interrupted. Every stopped task whose type has a handler here
+    /// (registered with the builder's `handler`) is then resumed by this
+    /// instance, as its next attempt: work finds a new home by itself, and
+    /// two instances racing for one task resume it once (the resume is
+    /// fenced by attempt). A task whose lease is alive, and a task whose outcome is
     /// known here (written or not), is never touched. A record that cannot
     /// be read is replaced by a `failed` one that says why. Reads the
     /// store's index of open task records, a bounded number at once: the
@@ -66,12 +70,13 @@ impl BackgroundTaskManager {
     /// `Store` when the index cannot be read; errors on single records are
     /// in the report.
     pub async fn recover(&self) -> Result<RecoveryReport, TaskError> {
-        match self.task_store() {
-            Some(store) => {
-                distributed::recovery::recover(&self.core, store, &self.core.leases).await
-            }
-            None => Ok(RecoveryReport::default()),
-        }
+        let Some(store) = self.task_store() else {
+            return Ok(RecoveryReport::default());
+        };
+        let (mut report, resumable) =
+            distributed::recovery::recover(&self.core, store, &self.core.leases).await?;
+        report.resumed = self.resume_found(resumable).await;
+        Ok(report)
     }
 
     /// Shuts the manager down within `grace`, in total: refuses new tasks,

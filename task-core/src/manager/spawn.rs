@@ -1,20 +1,22 @@
 //! Spawning and resuming tasks.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::BackgroundTaskManager;
 use super::clock;
 use super::core::context::TaskContext;
+use super::core::policy::{SharedRun, SlotPolicy, Work};
 use super::core::{Durable, Launch, plan_from_record};
 use super::distributed::summary_of;
 use crate::model::new_task_id_at;
 use crate::records::Known;
 use crate::state::{Rejection, Transition};
 use crate::{
-    RunCancellationToken, SpawnParams, TaskError, TaskId, TaskResult, TaskStatus, TaskSummary,
-    new_task_id, validate,
+    RunCancellationToken, SpawnParams, TaskError, TaskId, TaskRequest, TaskResult, TaskStatus,
+    TaskSummary, WhenLimited, new_task_id, validate,
 };
 
 impl BackgroundTaskManager {
@@ -67,6 +69,9 @@ impl BackgroundTaskManager {
             durable: Durable::Start(Known::Absent),
             now_ms,
             admitted: false,
+            policy: self.core.slot_policy(task_type, None, None, None, None),
+            when_limited: WhenLimited::Queue,
+            retry_of: None,
         };
         self.core.launch(launch, None, permit, f)
     }
@@ -124,26 +129,13 @@ impl BackgroundTaskManager {
         }
         .check()?;
         self.touch();
-        let held = match self.core.slot_of(&task_id) {
-            Some(slot) if slot.owner() != owner => return Err(TaskError::IdTaken { task_id }),
-            Some(slot) if slot.lock().status == TaskStatus::Running => {
-                return Err(TaskError::AlreadyRunning { task_id });
-            }
-            held => held.is_some(),
-        };
-        let (attempt, durable) = match self.task_store() {
-            Some(store) if self.remote.is_some() || !held => {
-                let found = store.load_versioned(&task_id).await?;
-                let (attempt, known) =
-                    plan_from_record(&owner, &task_id, self.instance_id(), found)?;
-                (Some(attempt), Durable::Start(known))
-            }
-            Some(_) => (None, Durable::Start(Known::Unknown)),
-            None => (None, Durable::Nothing),
-        };
+        let (attempt, durable) = self.plan_caller_id(&owner, &task_id).await?;
         let permit = self.core.admit_write().await?;
         let launch = Launch {
             supports_resume: self.core.type_supports_resume(&task_type),
+            policy: self.core.slot_policy(&task_type, None, None, None, None),
+            when_limited: WhenLimited::Queue,
+            retry_of: None,
             task_id,
             owner,
             task_type,
@@ -157,6 +149,136 @@ impl BackgroundTaskManager {
             admitted: false,
         };
         self.core.launch(launch, Some(token), permit, f)
+    }
+
+    /// Where the durable record of a caller-chosen id stands: the attempt to
+    /// start and what is stored (one read, unless this single-process
+    /// manager holds the id), or the error the caller gets.
+    async fn plan_caller_id(
+        &self,
+        owner: &str,
+        task_id: &str,
+    ) -> Result<(Option<u32>, Durable), TaskError> {
+        let held = match self.core.slot_of(task_id) {
+            Some(slot) if slot.owner() != owner => {
+                return Err(TaskError::IdTaken {
+                    task_id: task_id.to_owned(),
+                });
+            }
+            Some(slot) if !slot.lock().status.is_finished() => {
+                return Err(TaskError::AlreadyRunning {
+                    task_id: task_id.to_owned(),
+                });
+            }
+            held => held.is_some(),
+        };
+        Ok(match self.task_store() {
+            Some(store) if self.remote.is_some() || !held => {
+                let found = store.load_versioned(task_id).await?;
+                let (attempt, known) = plan_from_record(owner, task_id, self.instance_id(), found)?;
+                (Some(attempt), Durable::Start(known))
+            }
+            Some(_) => (None, Durable::Start(Known::Unknown)),
+            None => (None, Durable::Nothing),
+        })
+    }
+
+    /// Runs a task with the handler registered for its type (see
+    /// [`handler`](crate::BackgroundTaskManagerBuilder::handler)), under the
+    /// policies of its type and of the request: timeout, retries (the
+    /// handler runs again for each attempt), resumability, concurrency
+    /// limits. Its metadata is its input.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when no handler is registered for the type, or for the
+    /// request's fields (as `spawn_with_id`); `Limited` when a limit is
+    /// reached and the request asks to be refused; the errors of
+    /// `spawn_with_id` for a request with an id.
+    pub async fn submit(&self, request: TaskRequest) -> Result<TaskId, TaskError> {
+        let Some(handler) = self.core.handlers.get(&request.task_type).cloned() else {
+            return Err(TaskError::InvalidInput {
+                reason: format!(
+                    "no handler is registered for task type {:?}; register one with the builder's `handler`",
+                    request.task_type
+                ),
+            });
+        };
+        self.spawn_shared(request, handler).await
+    }
+
+    /// Runs `f` as a task under the policies of its type and of the request,
+    /// as [`submit`](Self::submit) does with a handler. `f` can run more
+    /// than once: once per attempt, for retries.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), but for the handler.
+    pub async fn spawn_request<F, Fut>(&self, request: TaskRequest, f: F) -> Result<TaskId, TaskError>
+    where
+        F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
+        let work: SharedRun = Arc::new(move |ctx| Box::pin(f(ctx)));
+        self.spawn_shared(request, work).await
+    }
+
+    async fn spawn_shared(&self, request: TaskRequest, work: SharedRun) -> Result<TaskId, TaskError> {
+        let TaskRequest {
+            owner_thread_id: owner,
+            task_type,
+            description,
+            task_id,
+            parent_task_id,
+            metadata,
+            token,
+            timeout,
+            retry,
+            resumable,
+            when_limited,
+        } = request;
+        let chosen = task_id.is_some();
+        let now_ms = self.core.clock.now_ms();
+        let task_id = task_id.unwrap_or_else(|| new_task_id_at(now_ms));
+        validate::TaskInput {
+            task_id: &task_id,
+            owner: &owner,
+            task_type: &task_type,
+            description: &description,
+            parent_task_id: parent_task_id.as_deref(),
+            metadata: &metadata,
+        }
+        .check()?;
+        if retry.as_ref().is_some_and(|r| r.max_attempts == 0) {
+            return Err(TaskError::InvalidInput {
+                reason: "the retry policy must allow at least 1 attempt".to_owned(),
+            });
+        }
+        self.touch();
+        let (attempt, durable) = if chosen {
+            self.plan_caller_id(&owner, &task_id).await?
+        } else {
+            (Some(1), Durable::Start(Known::Absent))
+        };
+        let permit = self.core.admit_write().await?;
+        let launch = Launch {
+            supports_resume: resumable.unwrap_or_else(|| self.core.type_supports_resume(&task_type)),
+            policy: self.core.slot_policy(&task_type, timeout, retry, Some(Arc::clone(&work)), token.clone()),
+            when_limited,
+            retry_of: None,
+            task_id,
+            owner,
+            task_type,
+            description,
+            parent_task_id,
+            metadata,
+            attempt,
+            run_id: None,
+            durable,
+            now_ms,
+            admitted: false,
+        };
+        self.core.launch_work(launch, token, permit, Work::Shared(work))
     }
 
     /// Restarts a `stopped` task that supports resume as its next attempt,
@@ -180,6 +302,17 @@ impl BackgroundTaskManager {
         F: FnOnce(TaskContext) -> Fut + Send + 'static,
         Fut: Future<Output = TaskResult> + Send + 'static,
     {
+        self.resume_work(owner, task_id, Work::once(f)).await
+    }
+
+    /// [`resume`](Self::resume) of boxed work: a handler resumes with the
+    /// policies of its type (and can be retried).
+    pub(crate) async fn resume_work(
+        &self,
+        owner: &str,
+        task_id: &str,
+        work: Work,
+    ) -> Result<TaskId, TaskError> {
         self.touch();
         let local = self.get_local(owner, task_id);
         if let Some(s) = &local {
@@ -187,8 +320,12 @@ impl BackgroundTaskManager {
         }
         let Some(store) = self.task_store() else {
             let s = local.ok_or_else(|| TaskError::unknown(task_id))?;
-            let launch = resume_launch(owner, &s, s.attempt + 1, None, self.core.clock.now_ms());
-            return self.core.launch(launch, None, None, f);
+            let now = self.core.clock.now_ms();
+            let launch = Launch {
+                policy: self.resume_policy(&s.task_type, &work, None),
+                ..resume_launch(owner, &s, s.attempt + 1, None, now)
+            };
+            return self.core.launch_work(launch, None, None, work);
         };
         if validate::owner(owner).is_err() || validate::task_id("task_id", task_id).is_err() {
             return Err(TaskError::unknown(task_id));
@@ -230,18 +367,60 @@ impl BackgroundTaskManager {
                 other => other,
             })?;
         let summary = summary_of(&resumed.record);
-        let launch = resume_launch(owner, &summary, resumed.record.attempt, Some(run_id), now);
-        let launched = self.core.launch(
-            Launch {
-                admitted: true,
-                ..launch
-            },
-            None,
-            None,
-            f,
-        );
+        let launch = Launch {
+            admitted: true,
+            policy: self.resume_policy(&summary.task_type, &work, resumed.record.checkpoint.clone()),
+            ..resume_launch(owner, &summary, resumed.record.attempt, Some(run_id), now)
+        };
+        let launched = self.core.launch_work(launch, None, None, work);
         drop(admission);
         launched
+    }
+
+    /// The policy of a resumed attempt: its type's, the work to retry when
+    /// it can run again, and the checkpoint it resumes from.
+    fn resume_policy(
+        &self,
+        task_type: &str,
+        work: &Work,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Option<Box<SlotPolicy>> {
+        let shared = match work {
+            Work::Shared(run) => Some(Arc::clone(run)),
+            Work::Once(_) => None,
+        };
+        let mut policy = self
+            .core
+            .slot_policy(task_type, None, None, shared, None)
+            .map(|p| *p)
+            .unwrap_or_default();
+        policy.previous_checkpoint = checkpoint;
+        let empty = policy.timeout.is_none()
+            && policy.retry.is_none()
+            && policy.work.is_none()
+            && policy.previous_checkpoint.is_none();
+        (!empty).then(|| Box::new(policy))
+    }
+
+    /// Resumes, with the handler of its type, every stopped task recovery
+    /// found that this instance has a handler for; returns those it
+    /// resumed. A task another instance resumed first is skipped (the
+    /// resume is fenced by attempt).
+    pub(crate) async fn resume_found(&self, found: Vec<(String, TaskId, String)>) -> Vec<TaskId> {
+        let mut resumed = Vec::new();
+        for (owner, task_id, task_type) in found {
+            let Some(handler) = self.core.handlers.get(&task_type).cloned() else {
+                continue;
+            };
+            match self.resume_work(&owner, &task_id, Work::Shared(handler)).await {
+                Ok(id) => resumed.push(id),
+                Err(TaskError::NotResumable { .. } | TaskError::AlreadyRunning { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(%error, task_id, "a stopped task could not be resumed");
+                }
+            }
+        }
+        resumed
     }
 
     fn get_local(&self, owner: &str, task_id: &str) -> Option<TaskSummary> {
@@ -292,5 +471,8 @@ fn resume_launch(
         durable: Durable::Nothing,
         now_ms,
         admitted: false,
+        policy: None,
+        when_limited: WhenLimited::Queue,
+        retry_of: None,
     }
 }

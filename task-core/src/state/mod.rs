@@ -80,6 +80,11 @@ pub struct TaskRecord {
     /// so a retried start is recognised as the same one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The last checkpoint the task saved
+    /// ([`TaskContext::checkpoint`](crate::TaskContext::checkpoint)): kept
+    /// across attempts, so a resumed or retried attempt starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
 }
 
 impl TaskRecord {
@@ -111,6 +116,7 @@ impl TaskRecord {
             cancel_requested_at_ms: None,
             lease: None,
             run_id: None,
+            checkpoint: None,
         }
     }
 }
@@ -164,6 +170,17 @@ pub enum Transition {
         /// The unique id of this resume (see [`TaskRecord::run_id`]).
         run_id: Option<String>,
     },
+    /// The running attempt saved a checkpoint (its `seq`-th).
+    Checkpoint {
+        /// The attempt.
+        attempt: u32,
+        /// Its number within the attempt, from 1.
+        seq: u64,
+        /// What it saved.
+        value: Value,
+        /// When.
+        at_ms: u64,
+    },
     /// Sets (or clears) the lease of a running attempt.
     SetLease {
         /// The attempt.
@@ -184,6 +201,7 @@ impl Transition {
             Self::RequestCancel { .. } => "cancel_requested",
             Self::Resume { .. } => "resumed",
             Self::SetLease { .. } => "lease",
+            Self::Checkpoint { .. } => "checkpoint",
         }
     }
 }
@@ -431,6 +449,25 @@ pub fn apply(current: Option<&TaskRecord>, transition: &Transition) -> Outcome {
             next.run_id = run_id.clone();
             Outcome::Applied(next)
         }
+        Transition::Checkpoint {
+            attempt,
+            value,
+            at_ms,
+            ..
+        } => {
+            if let Some(rejection) = fence(rec, *attempt) {
+                return Outcome::Rejected(rejection);
+            }
+            if rec.status != TaskStatus::Running {
+                return Outcome::Rejected(Rejection::NotRunning {
+                    current: rec.status,
+                });
+            }
+            let mut next = rec.clone();
+            next.checkpoint = Some(value.clone());
+            next.updated_at_ms = *at_ms;
+            Outcome::Applied(next)
+        }
         Transition::SetLease {
             attempt,
             lease,
@@ -460,6 +497,7 @@ fn attempt_of(transition: &Transition) -> u32 {
         Transition::Start { record } => record.attempt,
         Transition::Finish { attempt, .. }
         | Transition::RequestCancel { attempt, .. }
+        | Transition::Checkpoint { attempt, .. }
         | Transition::SetLease { attempt, .. } => *attempt,
         Transition::Resume { from_attempt, .. } => *from_attempt,
     }

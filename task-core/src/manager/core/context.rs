@@ -15,6 +15,8 @@ pub(crate) trait TaskHost: Send + Sync + std::fmt::Debug {
     fn output(&self, slot: &TaskSlot, value: Value) -> Result<(), TaskError>;
     /// A progress report.
     fn progress(&self, slot: &TaskSlot, fraction: Option<f64>, message: Option<String>);
+    /// A checkpoint.
+    fn checkpoint(&self, slot: &TaskSlot, value: Value) -> Result<(), TaskError>;
 }
 
 /// Handed to a task's closure: its identity, its cancellation, and a way to
@@ -50,6 +52,41 @@ impl TaskContext {
     /// [`TaskSummary::attempt`](crate::TaskSummary::attempt)).
     pub fn attempt(&self) -> u32 {
         self.slot.attempt
+    }
+
+    /// The task's metadata: its input, for a task started with
+    /// [`submit`](crate::BackgroundTaskManager::submit) (`null` when none).
+    pub fn metadata(&self) -> &Value {
+        static NULL: Value = Value::Null;
+        self.slot.metadata.as_deref().unwrap_or(&NULL)
+    }
+
+    /// The last checkpoint the attempt before this one saved (see
+    /// [`checkpoint`](Self::checkpoint)): where a resumed or retried attempt
+    /// picks up. `None` for a first attempt, or when none was saved.
+    pub fn last_checkpoint(&self) -> Option<&Value> {
+        self.slot
+            .policy
+            .as_ref()
+            .and_then(|p| p.previous_checkpoint.as_ref())
+    }
+
+    /// Saves a checkpoint: a state the task can resume from. With a task
+    /// store it is written to the task's record (and log) in order with its
+    /// other writes, so the next attempt, in this process or another, reads
+    /// it with [`last_checkpoint`](Self::last_checkpoint). Checkpoints are
+    /// kept across attempts until a new one replaces them.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` when the value is nested deeper than
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH); `NotRunning` once the task
+    /// has finished.
+    pub fn checkpoint(&self, value: Value) -> Result<(), TaskError> {
+        match self.host.upgrade() {
+            Some(host) => host.checkpoint(&self.slot, value),
+            None => Err(TaskError::ShuttingDown),
+        }
     }
 
     /// Resolves when the task's cancellation has been requested.

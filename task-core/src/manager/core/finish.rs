@@ -21,9 +21,10 @@ impl Core {
 
     /// Records the end of a task's epoch (its slot). Reports after an outside
     /// status change are ignored; so are those of an older epoch, whose
-    /// slot is no longer registered and has already finished.
-    pub(crate) fn finish(self: &Arc<Self>, slot: &TaskSlot, ended: Ended) {
-        {
+    /// slot is no longer registered and has already finished. A failure the
+    /// task's retry policy retries leaves it `queued` for its next attempt.
+    pub(crate) fn finish(self: &Arc<Self>, slot: &Arc<TaskSlot>, ended: Ended) {
+        let retry = {
             let mut entry = slot.lock();
             if entry.status != TaskStatus::Running {
                 return;
@@ -33,6 +34,10 @@ impl Core {
                     .token
                     .as_ref()
                     .is_some_and(RunCancellationToken::is_cancelled);
+            let timed_out = entry.timed_out.then(|| {
+                let limit = slot.policy.as_ref().and_then(|p| p.timeout).unwrap_or_default();
+                format!("timed out after {limit:?}")
+            });
             let shut_down = "the task manager shut down before the task finished";
             let (status, result, error) = match ended {
                 // A shutdown interrupts; what the task finished on its own stands.
@@ -44,10 +49,15 @@ impl Core {
                 }
                 _ if entry.shutting_down => interrupted(slot.supports_resume, shut_down),
                 Ended::Abandoned => (
-                    TaskStatus::Cancelled,
+                    if timed_out.is_some() {
+                        TaskStatus::Failed
+                    } else {
+                        TaskStatus::Cancelled
+                    },
                     None,
                     Some(format!(
-                        "did not stop within the cancel grace of {:?}; dropped",
+                        "{}did not stop within the cancel grace of {:?}; dropped",
+                        timed_out.as_ref().map_or(String::new(), |t| format!("{t}; ")),
                         self.cancel_grace
                     )),
                 ),
@@ -55,6 +65,7 @@ impl Core {
                     slot.supports_resume,
                     "the tokio runtime running the task shut down before it finished",
                 ),
+                _ if timed_out.is_some() => (TaskStatus::Failed, None, timed_out.clone()),
                 _ if cancelled => (TaskStatus::Cancelled, None, None),
                 Ended::Returned(TaskResult::Success(v)) => match self.check_result(&v) {
                     Ok(()) => (TaskStatus::Completed, Some(v), None),
@@ -70,10 +81,65 @@ impl Core {
                 ),
             };
             entry.abort = None;
-            self.settle(slot, &mut entry, status, result, error);
+            let retryable = status == TaskStatus::Failed
+                && !entry.shutting_down
+                && !cancelled
+                && timed_out.is_none();
+            let retry = retryable
+                .then(|| {
+                    let policy = slot.policy.as_ref()?;
+                    policy.retry_after(slot.attempt, error.as_deref().unwrap_or_default())
+                })
+                .flatten();
+            match retry {
+                Some(delay) => self.settle_retry(slot, &mut entry, error, delay),
+                None => self.settle(slot, &mut entry, status, result, error),
+            }
             slot.stopped_running();
+            retry
+        };
+        self.released(slot);
+        match retry {
+            Some(delay) => self.schedule_retry(slot, delay),
+            None => self.after_finish(slot),
+        }
+    }
+
+    /// A task stopped running: the limits count it out and the next queued
+    /// tasks may start.
+    pub(crate) fn released(self: &Arc<Self>, slot: &TaskSlot) {
+        if self.limits.is_active() {
+            self.lock().count_type_stop(&self.limits, &slot.task_type);
+            self.start_queued();
+        }
+    }
+
+    /// Ends a task that is `queued` and never started this attempt (waiting
+    /// for a limit, or for its retry), here only: nothing of this attempt is
+    /// durable, so nothing is written. A task waiting for its retry keeps
+    /// the outcome of the attempt that failed.
+    pub(crate) fn end_queued(
+        self: &Arc<Self>,
+        slot: &TaskSlot,
+        status: TaskStatus,
+        error: Option<String>,
+    ) -> bool {
+        {
+            let mut entry = slot.lock();
+            if entry.status != TaskStatus::Queued {
+                return false;
+            }
+            let waiting_for_limit = entry.extra.as_mut().and_then(|e| e.work.take()).is_some();
+            let (status, error) = if waiting_for_limit {
+                (status, error)
+            } else {
+                let last = entry.error.clone().unwrap_or_default();
+                (TaskStatus::Failed, Some(format!("{last}; its retry was called off")))
+            };
+            self.settle_with(slot, &mut entry, status, None, error, false);
         }
         self.after_finish(slot);
+        true
     }
 
     /// Whether a task's result may be kept: nested within
@@ -105,6 +171,20 @@ impl Core {
         result: Option<Value>,
         error: Option<String>,
     ) {
+        self.settle_with(slot, entry, status, result, error, true);
+    }
+
+    /// [`settle`](Self::settle), writing the outcome to the store only when
+    /// `durable`.
+    fn settle_with(
+        &self,
+        slot: &TaskSlot,
+        entry: &mut Entry,
+        status: TaskStatus,
+        result: Option<Value>,
+        error: Option<String>,
+        durable: bool,
+    ) {
         let at_ms = self.clock.now_ms();
         let was_running = entry.status == TaskStatus::Running;
         entry.status = status;
@@ -116,7 +196,7 @@ impl Core {
             self.reaper.forget(number);
         }
         slot.finished.notify_waiters();
-        if let Some(outbox) = &self.outbox {
+        if let Some(outbox) = self.outbox.as_ref().filter(|_| durable) {
             entry.add_pending(1);
             outbox.enqueue(
                 Job {
@@ -203,11 +283,15 @@ impl Core {
         status: TaskStatus,
         error: Option<String>,
     ) -> bool {
-        {
+        let was = {
             let mut entry = slot.lock();
             let was = entry.status;
             if was.is_terminal() || was == status {
                 return false;
+            }
+            if was == TaskStatus::Queued {
+                drop(entry);
+                return self.end_queued(slot, status, error);
             }
             if let Some(token) = &entry.token {
                 token.cancel();
@@ -216,6 +300,10 @@ impl Core {
             if was == TaskStatus::Running {
                 slot.stopped_running();
             }
+            was
+        };
+        if was == TaskStatus::Running {
+            self.released(slot);
         }
         self.after_finish(slot);
         true

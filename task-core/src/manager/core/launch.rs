@@ -9,8 +9,11 @@ use tokio::sync::Notify;
 
 use super::Core;
 use super::context::{TaskContext, TaskHost};
+use super::policy::Work;
+use super::policy::SlotPolicy;
 use super::registry::{Entry, TaskSlot};
 use super::supervise::run_task;
+use crate::WhenLimited;
 use crate::manager::clock::duration_ms;
 use crate::manager::outbox::{Job, Permit};
 use crate::records::{Change, Known, VersionedRecord};
@@ -50,6 +53,13 @@ pub(crate) struct Launch {
     /// Admitted before the manager closed (a resume in flight): launched
     /// even if `shutdown` has begun.
     pub(crate) admitted: bool,
+    /// Its timeout, retry policy and work to run again, if any.
+    pub(crate) policy: Option<Box<SlotPolicy>>,
+    /// What to do when a concurrency limit is reached.
+    pub(crate) when_limited: WhenLimited,
+    /// A retry replacing its own queued epoch (the only case where a queued
+    /// task of the id gives way).
+    pub(crate) retry_of: Option<u64>,
 }
 
 /// Holds a launch admitted before `shutdown`: shutdown waits for it.
@@ -93,18 +103,64 @@ impl Core {
     }
 
     /// Registers and starts one epoch of a task. `token` is the caller's; a
-    /// task without one gets its token when something asks for it.
+    /// task without one gets its token when something asks for it. A task
+    /// beyond a concurrency limit is registered `queued` and `f` waits,
+    /// boxed, until it starts.
     pub(crate) fn launch<F, Fut>(
         self: &Arc<Self>,
         launch: Launch,
         token: Option<RunCancellationToken>,
-        mut permit: Option<Permit>,
+        permit: Option<Permit>,
         f: F,
     ) -> Result<TaskId, TaskError>
     where
         F: FnOnce(TaskContext) -> Fut + Send + 'static,
         Fut: Future<Output = TaskResult> + Send + 'static,
     {
+        let mut f = Some(f);
+        let slot = self.register(launch, token.clone(), permit, &mut || {
+            Work::once(f.take().expect("the work is taken once"))
+        })?;
+        let task_id = slot.task_id.clone();
+        if let Some(f) = f.take()
+            && slot.lock().status == TaskStatus::Running
+        {
+            self.spawn_run(slot, token, f);
+        }
+        Ok(task_id)
+    }
+
+    /// [`launch`](Self::launch) of boxed work (a handler, a retry, a
+    /// resume of work that can run again).
+    pub(crate) fn launch_work(
+        self: &Arc<Self>,
+        launch: Launch,
+        token: Option<RunCancellationToken>,
+        permit: Option<Permit>,
+        work: Work,
+    ) -> Result<TaskId, TaskError> {
+        let mut work = Some(work);
+        let slot = self.register(launch, token.clone(), permit, &mut || {
+            work.take().expect("the work is taken once")
+        })?;
+        let task_id = slot.task_id.clone();
+        if let Some(work) = work.take()
+            && slot.lock().status == TaskStatus::Running
+        {
+            self.spawn_run(slot, token, move |ctx| work.run(ctx));
+        }
+        Ok(task_id)
+    }
+
+    /// Registers one epoch of a task: running (its durable start queued)
+    /// or, beyond a limit, queued with the work `queued` makes.
+    fn register(
+        self: &Arc<Self>,
+        launch: Launch,
+        token: Option<RunCancellationToken>,
+        mut permit: Option<Permit>,
+        queued: &mut dyn FnMut() -> Work,
+    ) -> Result<Arc<TaskSlot>, TaskError> {
         let Launch {
             task_id,
             owner,
@@ -118,6 +174,9 @@ impl Core {
             durable,
             now_ms,
             admitted,
+            policy,
+            when_limited,
+            retry_of,
         } = launch;
         let writes = matches!(durable, Durable::Start(_)) && self.outbox.is_some();
         let run_id = run_id.or_else(|| writes.then(new_task_id));
@@ -131,7 +190,14 @@ impl Core {
                     return Err(TaskError::IdTaken { task_id });
                 }
                 let old_entry = old.lock();
-                if old_entry.status == TaskStatus::Running {
+                let busy = match old_entry.status {
+                    TaskStatus::Running => true,
+                    // Waiting for a limit or for its retry: taken, unless
+                    // this is that retry.
+                    TaskStatus::Queued => retry_of != Some(old.seq),
+                    _ => false,
+                };
+                if busy {
                     return Err(TaskError::AlreadyRunning { task_id });
                 }
                 // The registry is the newest view: what the caller read
@@ -152,34 +218,18 @@ impl Core {
                 (attempt.unwrap_or(1), 0, known)
             }
         };
+        let runs_now = !self.limits.is_active() || reg.may_start(&self.limits, &owner, &task_type);
+        if !runs_now && when_limited == WhenLimited::Refuse {
+            return Err(TaskError::Limited {
+                task_id,
+                reason: self.limit_reason(&owner, &task_type),
+            });
+        }
         let seq = reg.next_seq;
         reg.next_seq += 1;
-        let owner_shared = reg.owner(&owner);
-        let start = writes.then(|| {
-            Box::new(TaskRecord {
-                attempt,
-                lease: Some(Lease {
-                    holder: self.lease.holder.clone(),
-                    expires_at_ms: now_ms.saturating_add(duration_ms(self.lease.ttl)),
-                }),
-                run_id: run_id.clone(),
-                ..TaskRecord::running(
-                    NewTaskSpec {
-                        task_id: task_id.clone(),
-                        owner_thread_id: owner.clone(),
-                        task_type: task_type.clone(),
-                        description: description.clone(),
-                        parent_task_id: parent_task_id.clone(),
-                        supports_resume,
-                        metadata: metadata.clone(),
-                    },
-                    now_ms,
-                )
-            })
-        });
         let slot = Arc::new(TaskSlot {
             task_id: task_id.clone(),
-            owner: owner_shared,
+            owner: reg.owner(&owner),
             task_type: reg.task_type(&task_type),
             description,
             parent_task_id,
@@ -189,47 +239,129 @@ impl Core {
             attempt,
             run_id: run_id.map(String::into_boxed_str),
             seq,
+            policy,
             finished: Notify::new(),
-            state: Mutex::new(Entry::running(
-                token.clone(),
-                pending_writes + u32::from(start.is_some()),
-            )),
+            state: Mutex::new(Entry::running(token, pending_writes)),
         });
-        self.emit(&slot, TaskEventKind::Spawned);
-        if let (Some(outbox), Some(start)) = (&self.outbox, start) {
-            // Queued before the task can run, so before its finish.
-            outbox.enqueue(
-                Job {
-                    task_id: task_id.clone(),
-                    owner: Arc::clone(&slot.owner.name),
-                    epoch: seq,
-                    change: Change::Transition(Transition::Start { record: start }),
-                    known,
-                },
-                permit.as_mut(),
-            );
+        if runs_now {
+            reg.count_type_start(&self.limits, &slot.task_type);
+            self.emit(&slot, TaskEventKind::Spawned);
+            if writes {
+                let mut entry = slot.lock();
+                // Queued before the task can run, so before its finish.
+                self.queue_start(&slot, &mut entry, known, permit.as_mut(), now_ms);
+            }
+        } else {
+            {
+                let mut entry = slot.lock();
+                entry.status = TaskStatus::Queued;
+                entry.extra().work = Some(queued());
+            }
+            reg.limited.queue.push_back(Arc::clone(&slot));
+            self.emit(&slot, TaskEventKind::Queued);
         }
         reg.insert(Arc::clone(&slot));
-        drop(reg);
+        Ok(slot)
+    }
 
+    /// Queues the durable start of an epoch that starts running now.
+    fn queue_start(
+        &self,
+        slot: &TaskSlot,
+        entry: &mut Entry,
+        known: Option<Known>,
+        permit: Option<&mut Permit>,
+        now_ms: u64,
+    ) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        let record = Box::new(TaskRecord {
+            attempt: slot.attempt,
+            lease: Some(Lease {
+                holder: self.lease.holder.clone(),
+                expires_at_ms: now_ms.saturating_add(duration_ms(self.lease.ttl)),
+            }),
+            run_id: slot.run_id.as_deref().map(str::to_owned),
+            checkpoint: slot
+                .policy
+                .as_ref()
+                .and_then(|p| p.previous_checkpoint.clone()),
+            ..TaskRecord::running(
+                NewTaskSpec {
+                    task_id: slot.task_id.clone(),
+                    owner_thread_id: slot.owner().to_owned(),
+                    task_type: slot.task_type.to_string(),
+                    description: slot.description.clone(),
+                    parent_task_id: slot.parent_task_id.clone(),
+                    supports_resume: slot.supports_resume,
+                    metadata: slot.metadata.as_deref().cloned().unwrap_or(Value::Null),
+                },
+                now_ms,
+            )
+        });
+        entry.add_pending(1);
+        outbox.enqueue(
+            Job {
+                task_id: slot.task_id.clone(),
+                owner: Arc::clone(&slot.owner.name),
+                epoch: slot.seq,
+                change: Change::Transition(Transition::Start { record }),
+                known,
+            },
+            permit,
+        );
+    }
+
+    /// Runs a registered, running epoch in its own tokio task.
+    fn spawn_run<F, Fut>(self: &Arc<Self>, slot: Arc<TaskSlot>, token: Option<RunCancellationToken>, f: F)
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = TaskResult> + Send + 'static,
+    {
         let host: Weak<dyn TaskHost> = self.myself.clone();
         let ctx = TaskContext {
             slot: Arc::clone(&slot),
             host,
             token: token.clone().map_or_else(OnceLock::new, OnceLock::from),
         };
-        let handle = tokio::spawn(run_task(
-            self.myself.clone(),
-            Arc::clone(&slot),
-            token,
-            f,
-            ctx,
-        ));
+        let handle = tokio::spawn(run_task(self.myself.clone(), Arc::clone(&slot), token, f, ctx));
         let mut entry = slot.lock();
         if entry.status == TaskStatus::Running {
             entry.abort = Some(handle.abort_handle());
         }
-        Ok(task_id)
+    }
+
+    /// Starts the queued tasks the limits allow now (after a task stopped
+    /// running, or a queued one was cancelled), in the order they came.
+    pub(crate) fn start_queued(self: &Arc<Self>) {
+        if !self.limits.is_active() {
+            return;
+        }
+        let started = self.lock().take_startable(&self.limits);
+        for slot in started {
+            let now_ms = self.clock.now_ms();
+            let (work, token) = {
+                let mut entry = slot.lock();
+                self.emit(&slot, TaskEventKind::Spawned);
+                self.queue_start(&slot, &mut entry, Some(Known::Unknown), None, now_ms);
+                let work = entry.extra.as_mut().and_then(|e| e.work.take());
+                (work, entry.token.clone())
+            };
+            match work {
+                Some(work) => self.spawn_run(slot, token, move |ctx| work.run(ctx)),
+                None => tracing::error!(task_id = %slot.task_id, "a queued task had no work to run"),
+            }
+        }
+    }
+
+    /// Why a task of `owner` and `task_type` may not start now.
+    fn limit_reason(&self, owner: &str, task_type: &str) -> String {
+        match (self.limits.per_owner, self.limits.per_type.get(task_type)) {
+            (_, Some(max)) => format!("{max} tasks of type {task_type:?} are running (its concurrency limit)"),
+            (Some(max), None) => format!("{max} tasks of owner {owner:?} are running (the owner concurrency limit)"),
+            (None, None) => "a concurrency limit is reached".to_owned(),
+        }
     }
 }
 

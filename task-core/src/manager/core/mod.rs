@@ -10,11 +10,12 @@
 pub(crate) mod context;
 mod finish;
 mod launch;
+pub(crate) mod policy;
 pub(crate) mod registry;
 mod reports;
 pub(crate) mod supervise;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -25,12 +26,16 @@ use tokio::time::Instant;
 
 pub(crate) use self::launch::{Durable, Launch, plan_from_record};
 use self::registry::{Entry, ManagerStats, Registry, TaskSlot, is_collectable};
+use self::policy::{Handlers, Limits, SharedRun, SlotPolicy};
 use self::supervise::{Ended, Reaper, reap};
 use super::background::Background;
 use super::builder::{Config, LeaseConfig, RetentionPolicy};
 use super::clock::Clock;
 use super::outbox::{Outbox, WriteReports};
-use crate::{TaskError, TaskEvent, TaskEventKind, TaskId, TaskStatus, TaskSummary};
+use crate::{
+    RetryPolicy, RunCancellationToken, TaskError, TaskEvent, TaskEventKind, TaskId, TaskPolicy,
+    TaskStatus, TaskSummary,
+};
 
 /// Outputs kept per task for `output` when there is no task store.
 pub(crate) const OUTPUTS_KEPT: usize = 1024;
@@ -67,6 +72,9 @@ pub(crate) struct Core {
     subscribed: AtomicBool,
     cancel_grace: Duration,
     retention: RetentionPolicy,
+    pub(crate) limits: Limits,
+    pub(crate) policies: HashMap<String, TaskPolicy>,
+    pub(crate) handlers: Handlers,
     max_result_bytes: Option<usize>,
     resumable_types: HashSet<String>,
     warn_after: Duration,
@@ -112,6 +120,16 @@ impl Core {
                 subscribed: AtomicBool::new(false),
                 cancel_grace: config.cancel_grace,
                 retention: config.retention,
+                limits: Limits {
+                    per_owner: config.owner_concurrency,
+                    per_type: config
+                        .policies
+                        .iter()
+                        .filter_map(|(t, p)| p.concurrency.map(|c| (t.clone(), c)))
+                        .collect(),
+                },
+                policies: config.policies.clone(),
+                handlers: Handlers(config.handlers.clone()),
                 max_result_bytes: config.max_result_bytes,
                 resumable_types: config.resumable_types.clone(),
                 warn_after: config.outbox.warn_after,
@@ -140,9 +158,39 @@ impl Core {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether tasks of this type support resume by default.
+    /// Whether tasks of this type support resume by default: its policy
+    /// says so, or it is one of the resumable types.
     pub(crate) fn type_supports_resume(&self, task_type: &str) -> bool {
-        self.resumable_types.contains(task_type)
+        self.policies
+            .get(task_type)
+            .and_then(|p| p.resumable)
+            .unwrap_or_else(|| self.resumable_types.contains(task_type))
+    }
+
+    /// The policy a task of `task_type` runs under, with a request's own
+    /// settings over its type's; `None` when it has none (the common case
+    /// costs nothing).
+    pub(crate) fn slot_policy(
+        &self,
+        task_type: &str,
+        timeout: Option<Duration>,
+        retry: Option<RetryPolicy>,
+        work: Option<SharedRun>,
+        token: Option<RunCancellationToken>,
+    ) -> Option<Box<SlotPolicy>> {
+        let of_type = self.policies.get(task_type);
+        let timeout = timeout.or_else(|| of_type.and_then(|p| p.timeout));
+        let retry = retry.or_else(|| of_type.and_then(|p| p.retry.clone()));
+        if timeout.is_none() && retry.is_none() && work.is_none() {
+            return None;
+        }
+        Some(Box::new(SlotPolicy {
+            timeout,
+            retry,
+            work,
+            token,
+            previous_checkpoint: None,
+        }))
     }
 
     // -------------------------------------------------------------------
@@ -231,14 +279,21 @@ impl Core {
     ) -> Option<Result<(), TaskError>> {
         let slot = self.slot(owner, task_id)?;
         let mut entry = slot.lock();
-        if entry.status != TaskStatus::Running {
-            return Some(Err(TaskError::NotRunning {
+        match entry.status {
+            TaskStatus::Running => {
+                self.request_cancel(&slot, &mut entry);
+                Some(Ok(()))
+            }
+            TaskStatus::Queued => {
+                drop(entry);
+                self.end_queued(&slot, TaskStatus::Cancelled, None);
+                Some(Ok(()))
+            }
+            status => Some(Err(TaskError::NotRunning {
                 task_id: task_id.to_owned(),
-                status: entry.status,
-            }));
+                status,
+            })),
         }
-        self.request_cancel(&slot, &mut entry);
-        Some(Ok(()))
     }
 
     /// A cancellation requested by another process for the run `run_id`
@@ -275,9 +330,18 @@ impl Core {
         let mut cancelled = Vec::with_capacity(slots.len());
         for slot in &slots {
             let mut entry = slot.lock();
-            if entry.status == TaskStatus::Running {
-                self.request_cancel(slot, &mut entry);
-                cancelled.push(slot.summary(&entry));
+            match entry.status {
+                TaskStatus::Running => {
+                    self.request_cancel(slot, &mut entry);
+                    cancelled.push(slot.summary(&entry));
+                }
+                TaskStatus::Queued => {
+                    drop(entry);
+                    if self.end_queued(slot, TaskStatus::Cancelled, None) {
+                        cancelled.push(self.summary(slot));
+                    }
+                }
+                _ => {}
             }
         }
         (Some(status), cancelled)
@@ -318,32 +382,42 @@ impl Core {
         summary
     }
 
-    /// Waits until the slot's task is no longer running; returns its summary.
+    /// Waits until the slot's task has finished (terminal or stopped) and
+    /// returns its summary; follows the task into its next epoch when a
+    /// retry replaces the one it waits on.
     pub(crate) async fn wait(&self, slot: Arc<TaskSlot>) -> TaskSummary {
-        {
-            let mut entry = slot.lock();
-            if entry.status.is_finished() {
-                return self.summary_of(&slot, &entry);
-            }
-            entry.waiters += 1;
-        }
-        let guard = WaiterGuard {
-            core: self.myself.clone(),
-            slot,
-        };
-        let slot = &guard.slot;
+        let mut slot = slot;
         loop {
-            let notified = slot.finished.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             {
                 let entry = slot.lock();
                 if entry.status.is_finished() {
-                    return self.summary_of(slot, &entry);
+                    return self.summary_of(&slot, &entry);
                 }
             }
-            notified.await;
+            if let Some(newer) = self.successor(&slot) {
+                slot = newer;
+                continue;
+            }
+            slot.lock().waiters += 1;
+            let guard = WaiterGuard {
+                core: self.myself.clone(),
+                slot: Arc::clone(&slot),
+            };
+            let notified = slot.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let settled = slot.lock().status.is_finished() || self.successor(&slot).is_some();
+            if !settled {
+                notified.await;
+            }
+            drop(guard);
         }
+    }
+
+    /// The epoch that replaced `slot` for its owner (a retry), if any.
+    fn successor(&self, slot: &Arc<TaskSlot>) -> Option<Arc<TaskSlot>> {
+        self.slot_of(&slot.task_id)
+            .filter(|newer| newer.seq > slot.seq && newer.owner() == slot.owner())
     }
 
     /// The owner's tasks in creation order that `keep` keeps, after
@@ -443,7 +517,7 @@ impl Core {
 
     /// Refuses new tasks, waits (until `deadline`) for launches admitted
     /// before, then asks every running task to stop; returns them.
-    pub(crate) async fn close(&self, deadline: Instant) -> Vec<Arc<TaskSlot>> {
+    pub(crate) async fn close(self: &Arc<Self>, deadline: Instant) -> Vec<Arc<TaskSlot>> {
         self.lock().closed = true;
         loop {
             let launched = self.launched.notified();
@@ -463,6 +537,15 @@ impl Core {
         let mut running = Vec::new();
         for slot in slots {
             let mut entry = slot.lock();
+            if entry.status == TaskStatus::Queued {
+                drop(entry);
+                self.end_queued(
+                    &slot,
+                    TaskStatus::Failed,
+                    Some("the task manager shut down before the task started".to_owned()),
+                );
+                continue;
+            }
             if entry.status == TaskStatus::Running {
                 entry.shutting_down = true;
                 if let Some(token) = &entry.token {
@@ -495,6 +578,7 @@ impl Core {
         if let Some(abort) = abort {
             abort.abort();
         }
+        self.released(slot);
         self.after_finish(slot);
         true
     }

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::policy::{LimitState, SlotPolicy, Work};
 use crate::{Progress, RunCancellationToken, TaskId, TaskStatus, TaskSummary};
 
 /// The hasher of the registry's tables: seeded per process, so ids chosen by
@@ -74,6 +75,8 @@ pub(crate) struct TaskSlot {
     /// Unique per spawn: the epoch of this slot and its place in the owner's
     /// creation order.
     pub(crate) seq: u64,
+    /// Its timeout, retry policy and work to run again, when it has any.
+    pub(crate) policy: Option<Box<SlotPolicy>>,
     /// Woken when the task stops running.
     pub(crate) finished: Notify,
     /// The task's mutable state; see [`lock`](Self::lock).
@@ -170,6 +173,10 @@ pub(crate) struct Entry {
     pub(crate) pending_since: Option<Instant>,
     /// Whether the owner's count of closed tasks includes this one.
     pub(crate) counted_closed: bool,
+    /// Its timeout passed: its cancellation was requested for that.
+    pub(crate) timed_out: bool,
+    /// Rarely used state: the work of a queued task, checkpoints.
+    pub(crate) extra: Option<Box<EntryExtra>>,
     /// Outputs emitted by this epoch so far.
     pub(crate) output_seq: u64,
     /// Without a task store: the outputs kept for `output` (a bounded tail).
@@ -179,7 +186,23 @@ pub(crate) struct Entry {
     pub(crate) outputs: Option<Box<VecDeque<(u64, Value)>>>,
 }
 
+/// The rarely used part of a task's state, boxed out of every entry.
+#[derive(Debug, Default)]
+pub(crate) struct EntryExtra {
+    /// A queued task's work, taken when it starts.
+    pub(crate) work: Option<Work>,
+    /// The last checkpoint of this epoch.
+    pub(crate) checkpoint: Option<Value>,
+    /// Checkpoints made by this epoch so far.
+    pub(crate) checkpoint_seq: u64,
+}
+
 impl Entry {
+    /// The rarely used part, made on first use.
+    pub(crate) fn extra(&mut self) -> &mut EntryExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
     /// The state of a task that starts running now.
     pub(crate) fn running(token: Option<RunCancellationToken>, pending_writes: u32) -> Self {
         Self {
@@ -198,6 +221,8 @@ impl Entry {
             pending_writes,
             pending_since: (pending_writes > 0).then(Instant::now),
             counted_closed: false,
+            timed_out: false,
+            extra: None,
             output_seq: 0,
             outputs: None,
         }
@@ -292,6 +317,8 @@ pub(crate) struct Registry {
     pub(crate) owners: HashMap<Box<str>, OwnerTasks, BuildHasher>,
     types: HashSet<Arc<str>, BuildHasher>,
     pub(crate) next_seq: u64,
+    /// What the concurrency limits count and hold.
+    pub(crate) limited: LimitState,
     /// No new task is admitted (the manager shuts down).
     pub(crate) closed: bool,
     /// Admitted calls still launching (see `Admission`).
@@ -362,9 +389,12 @@ impl Registry {
         if !self.owners.contains_key(slot.owner()) {
             self.add_owner(Arc::clone(&slot.owner));
         }
+        let running = slot.lock().status == TaskStatus::Running;
         if let Some(owner) = self.owners.get_mut(slot.owner()) {
             owner.order.insert(slot.seq, Arc::clone(&slot));
-            owner.shared.running.fetch_add(1, Ordering::AcqRel);
+            if running {
+                owner.shared.running.fetch_add(1, Ordering::AcqRel);
+            }
             if let Some(parent) = &slot.parent_task_id {
                 owner
                     .children
@@ -581,6 +611,7 @@ mod tests {
             attempt: 1,
             run_id: None,
             seq,
+            policy: None,
             finished: Notify::new(),
             state: Mutex::new(Entry::running(None, 0)),
         });

@@ -63,6 +63,10 @@ impl TaskHost for Core {
         Ok(())
     }
 
+    fn checkpoint(&self, slot: &TaskSlot, value: Value) -> Result<(), TaskError> {
+        self.save_checkpoint(slot, value)
+    }
+
     fn progress(&self, slot: &TaskSlot, fraction: Option<f64>, message: Option<String>) {
         let mut entry = slot.lock();
         if entry.status != TaskStatus::Running {
@@ -79,6 +83,44 @@ impl TaskHost for Core {
             self.emit(slot, TaskEventKind::Progress(progress.clone()));
         }
         entry.progress = Some(progress);
+    }
+}
+
+impl Core {
+    /// A checkpoint of a running task: kept for its next attempt here, and
+    /// written to its record with a store.
+    fn save_checkpoint(&self, slot: &TaskSlot, value: Value) -> Result<(), TaskError> {
+        validate::json_depth("checkpoint", &value)?;
+        let mut entry = slot.lock();
+        if entry.status != TaskStatus::Running {
+            return Err(TaskError::NotRunning {
+                task_id: slot.task_id.clone(),
+                status: entry.status,
+            });
+        }
+        let extra = entry.extra();
+        extra.checkpoint_seq += 1;
+        let seq = extra.checkpoint_seq;
+        extra.checkpoint = Some(value.clone());
+        if let Some(outbox) = &self.outbox {
+            entry.add_pending(1);
+            outbox.enqueue(
+                Job {
+                    task_id: slot.task_id.clone(),
+                    owner: Arc::clone(&slot.owner.name),
+                    epoch: slot.seq,
+                    change: Change::Transition(crate::Transition::Checkpoint {
+                        attempt: slot.attempt,
+                        seq,
+                        value,
+                        at_ms: self.clock.now_ms(),
+                    }),
+                    known: None,
+                },
+                None,
+            );
+        }
+        Ok(())
     }
 }
 

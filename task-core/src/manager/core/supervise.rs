@@ -70,23 +70,36 @@ pub(crate) async fn run_task<F, Fut>(
         armed: true,
     };
     let work = AssertUnwindSafe(async move { f(ctx).await }).catch_unwind();
-    let outcome = match token {
-        None => work.await,
-        // A caller's token cancelled from outside is a cancellation request,
-        // so it starts the grace.
-        Some(token) => {
+    let timeout = guard.slot.policy.as_ref().and_then(|p| p.timeout);
+    let outcome = match (token, timeout) {
+        // The common case carries no timer and no select.
+        (None, None) => work.await,
+        (token, timeout) => {
             tokio::pin!(work);
-            tokio::select! {
-                biased;
-                outcome = &mut work => outcome,
-                () = token.cancelled() => {
-                    if let Some(core) = guard.core.upgrade() {
-                        let mut entry = guard.slot.lock();
-                        if entry.status == crate::TaskStatus::Running {
-                            core.schedule_reap(&guard.slot, &mut entry);
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut token = token;
+            let mut timing = deadline.is_some();
+            loop {
+                tokio::select! {
+                    biased;
+                    outcome = &mut work => break outcome,
+                    // A caller's token cancelled from outside is a
+                    // cancellation request, so it starts the grace.
+                    () = cancelled(token.as_ref()), if token.is_some() => {
+                        token = None;
+                        if let Some(core) = guard.core.upgrade() {
+                            let mut entry = guard.slot.lock();
+                            if entry.status == crate::TaskStatus::Running {
+                                core.schedule_reap(&guard.slot, &mut entry);
+                            }
                         }
                     }
-                    work.await
+                    () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if timing => {
+                        timing = false;
+                        if let Some(core) = guard.core.upgrade() {
+                            core.time_out(&guard.slot);
+                        }
+                    }
                 }
             }
         }
@@ -98,6 +111,14 @@ pub(crate) async fn run_task<F, Fut>(
     };
     if let Some(core) = guard.core.upgrade() {
         core.finish(&guard.slot, ended);
+    }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&RunCancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 

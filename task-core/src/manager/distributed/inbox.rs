@@ -134,11 +134,17 @@ impl Distributed {
         let Some(core) = self.core.upgrade() else {
             return;
         };
-        match super::recovery::recover(&core, &self.store, &self.leases).await {
-            Ok(report) if !report.is_empty() => {
-                tracing::info!(?report, "recovered tasks of instances that stopped");
+        let recovered = super::recovery::recover(&core, &self.store, &self.leases).await;
+        drop(core);
+        match recovered {
+            Ok((mut report, resumable)) => {
+                if let (Some(resumer), false) = (self.resumer.get(), resumable.is_empty()) {
+                    report.resumed = (resumer.0)(resumable).await;
+                }
+                if !report.is_empty() {
+                    tracing::info!(?report, "recovered tasks of instances that stopped");
+                }
             }
-            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "recovery failed; it runs again next period"),
         }
     }

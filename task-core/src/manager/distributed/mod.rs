@@ -43,6 +43,25 @@ pub(crate) struct Distributed {
     cursor: Mutex<u64>,
     /// Whether the start-up recovery is still to run.
     start_recovery: AtomicBool,
+    /// Resumes what recovery found for this instance's handlers (set by the
+    /// manager when it has handlers).
+    pub(crate) resumer: std::sync::OnceLock<Resumer>,
+}
+
+/// The manager's resume of the stopped tasks recovery found, for the
+/// recovery the control loop runs.
+pub(crate) struct Resumer(
+    pub(crate)  Box<
+        dyn Fn(Vec<recovery::Resumable>) -> futures::future::BoxFuture<'static, Vec<TaskId>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for Resumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resumer")
+    }
 }
 
 impl Distributed {
@@ -62,6 +81,7 @@ impl Distributed {
             control: Arc::default(),
             cursor: Mutex::new(0),
             start_recovery: AtomicBool::new(leases.recover_on_start),
+            resumer: std::sync::OnceLock::new(),
         })
     }
 

@@ -36,6 +36,10 @@ pub struct RecoveryReport {
     pub repaired: Vec<TaskId>,
     /// Instance records of instances long gone, removed.
     pub instances_removed: Vec<String>,
+    /// Stopped tasks this instance resumed with the handler of their type
+    /// (see [`handler`](crate::BackgroundTaskManagerBuilder::handler)): the
+    /// ones stopped now, and any stopped earlier that nobody resumed.
+    pub resumed: Vec<TaskId>,
     /// Tasks whose record could not be read or written, with the error.
     pub errors: Vec<(TaskId, String)>,
 }
@@ -47,6 +51,7 @@ impl RecoveryReport {
             && self.failed.is_empty()
             && self.repaired.is_empty()
             && self.instances_removed.is_empty()
+            && self.resumed.is_empty()
             && self.errors.is_empty()
     }
 }
@@ -59,15 +64,22 @@ enum Verdict {
     Error(String),
 }
 
+/// A stopped task recovery found that a handler of this instance can run:
+/// owner, id, type.
+pub(crate) type Resumable = (String, TaskId, String);
+
 /// Recovers every running task of the store whose lease has expired, or
 /// that names this instance as holder without this instance knowing its
-/// run (an earlier life).
+/// run (an earlier life). Also returns the stopped tasks whose type has a
+/// handler here, to resume.
 pub(crate) async fn recover(
     core: &Arc<Core>,
     store: &Arc<TaskStore>,
     leases: &LeaseConfig,
-) -> Result<RecoveryReport, TaskError> {
+) -> Result<(RecoveryReport, Vec<Resumable>), TaskError> {
     let mut report = RecoveryReport::default();
+    let mut resumable: Vec<Resumable> = Vec::new();
+    let mut stopped_before: std::collections::HashSet<TaskId> = std::collections::HashSet::new();
     let mut expiries: HashMap<String, u64> = HashMap::new();
     let mut holders_seen: HashMap<String, usize> = HashMap::new();
     let mut query = ThreadQuery::by_kind(TASK_KIND)
@@ -106,12 +118,28 @@ pub(crate) async fn recover(
             let verdict = match loaded {
                 Ok(None) => continue,
                 Ok(Some(found)) => {
-                    if let Some(lease) = &found.record.lease
-                        && found.record.status == TaskStatus::Running
+                    let record = &found.record;
+                    if let Some(lease) = &record.lease
+                        && record.status == TaskStatus::Running
                     {
                         *holders_seen.entry(lease.holder.clone()).or_default() += 1;
                     }
-                    judge(core, leases, &expiries, &found.record)
+                    // Stopped (or about to be, if its holder is gone), and
+                    // runnable here.
+                    if record.supports_resume
+                        && matches!(record.status, TaskStatus::Stopped | TaskStatus::Running)
+                        && core.handlers.get(&record.task_type).is_some()
+                    {
+                        resumable.push((
+                            record.owner_thread_id.clone(),
+                            record.task_id.clone(),
+                            record.task_type.clone(),
+                        ));
+                        if record.status == TaskStatus::Stopped {
+                            stopped_before.insert(record.task_id.clone());
+                        }
+                    }
+                    judge(core, leases, &expiries, record)
                 }
                 Err(TaskError::Corrupt { reason, .. }) => Verdict::Repair(reason),
                 Err(e) => Verdict::Error(e.to_string()),
@@ -144,7 +172,12 @@ pub(crate) async fn recover(
     report.stopped.sort();
     report.failed.sort();
     report.repaired.sort();
-    Ok(report)
+    // Running ones that were left alone stay theirs; stopped ones (now or
+    // before) can find a home here.
+    resumable.retain(|(_, id, _)| {
+        stopped_before.contains(id) || report.stopped.binary_search(id).is_ok()
+    });
+    Ok((report, resumable))
 }
 
 /// Whether a running record's holder is gone.

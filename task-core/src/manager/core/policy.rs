@@ -1,0 +1,313 @@
+//! The core's side of the job-system policies: the work a task runs (once,
+//! or again for a retry), concurrency limits with their queue, timeouts and
+//! retries. None of it costs anything to a manager that sets no policy.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::context::TaskContext;
+use super::registry::{Registry, TaskSlot};
+use crate::{RetryPolicy, RunCancellationToken, TaskResult, TaskStatus, WhenLimited};
+
+/// Work that can run again (a handler, or a `spawn_request` closure).
+pub(crate) type SharedRun = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskResult> + Send + Sync>;
+
+/// Work that runs once (a `spawn` closure held while its task is queued).
+pub(crate) type OnceRun = Box<dyn FnOnce(TaskContext) -> BoxFuture<'static, TaskResult> + Send>;
+
+/// The handlers of a manager, by task type.
+#[derive(Clone, Default)]
+pub(crate) struct Handlers(pub(crate) HashMap<String, SharedRun>);
+
+impl Handlers {
+    pub(crate) fn get(&self, task_type: &str) -> Option<&SharedRun> {
+        self.0.get(task_type)
+    }
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<&String> = self.0.keys().collect();
+        types.sort();
+        f.debug_tuple("Handlers").field(&types).finish()
+    }
+}
+
+/// What a task runs.
+pub(crate) enum Work {
+    Once(OnceRun),
+    Shared(SharedRun),
+}
+
+impl Work {
+    /// A `spawn` closure, boxed (only when its task must wait in a queue).
+    pub(crate) fn once<F, Fut>(f: F) -> Self
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = TaskResult> + Send + 'static,
+    {
+        Self::Once(Box::new(move |ctx| Box::pin(f(ctx))))
+    }
+
+    pub(crate) fn run(self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+        match self {
+            Self::Once(f) => f(ctx),
+            Self::Shared(f) => f(ctx),
+        }
+    }
+}
+
+impl fmt::Debug for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Once(_) => "Work::Once",
+            Self::Shared(_) => "Work::Shared",
+        })
+    }
+}
+
+/// What a task with a policy carries, beside its identity.
+#[derive(Clone, Default)]
+pub(crate) struct SlotPolicy {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    /// The work to run again for a retry.
+    pub(crate) work: Option<SharedRun>,
+    /// The caller's token, handed to every attempt.
+    pub(crate) token: Option<RunCancellationToken>,
+    /// The last checkpoint of the attempt before this one.
+    pub(crate) previous_checkpoint: Option<Value>,
+}
+
+impl fmt::Debug for SlotPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotPolicy")
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .field("work", &self.work.as_ref().map(|_| "Fn"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotPolicy {
+    /// The delay before the next attempt, when this failure is retried.
+    pub(crate) fn retry_after(&self, attempt: u32, error: &str) -> Option<Duration> {
+        let retry = self.retry.as_ref()?;
+        self.work.as_ref()?;
+        (attempt < retry.max_attempts && retry.retries(error))
+            .then(|| retry.delay_before(attempt + 1))
+    }
+}
+
+/// The concurrency limits of a manager.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Limits {
+    pub(crate) per_owner: Option<usize>,
+    pub(crate) per_type: HashMap<String, usize>,
+}
+
+impl Limits {
+    pub(crate) fn is_active(&self) -> bool {
+        self.per_owner.is_some() || !self.per_type.is_empty()
+    }
+}
+
+/// What the limits count and hold, under the registry lock.
+#[derive(Debug, Default)]
+pub(crate) struct LimitState {
+    /// Running tasks of each limited type.
+    running_by_type: HashMap<Arc<str>, usize>,
+    /// Tasks waiting for the limits, in the order they were spawned.
+    pub(crate) queue: VecDeque<Arc<TaskSlot>>,
+}
+
+impl Registry {
+    /// Whether a task of `owner` and `task_type` may start now.
+    pub(crate) fn may_start(&self, limits: &Limits, owner: &str, task_type: &str) -> bool {
+        if let Some(max) = limits.per_owner
+            && self
+                .owners
+                .get(owner)
+                .is_some_and(|o| o.shared.running.load(std::sync::atomic::Ordering::Acquire) >= max)
+        {
+            return false;
+        }
+        match limits.per_type.get(task_type) {
+            Some(max) => self.limited.running_by_type.get(task_type).copied().unwrap_or(0) < *max,
+            None => true,
+        }
+    }
+
+    /// Counts a task of a limited type as running.
+    pub(crate) fn count_type_start(&mut self, limits: &Limits, task_type: &Arc<str>) {
+        if limits.per_type.contains_key(&**task_type) {
+            *self
+                .limited
+                .running_by_type
+                .entry(Arc::clone(task_type))
+                .or_default() += 1;
+        }
+    }
+
+    /// Counts a task of a limited type as no longer running.
+    pub(crate) fn count_type_stop(&mut self, limits: &Limits, task_type: &str) {
+        if limits.per_type.contains_key(task_type)
+            && let Some(count) = self.limited.running_by_type.get_mut(task_type)
+        {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// Takes the queued tasks that may start now, in order, marked running.
+    pub(crate) fn take_startable(&mut self, limits: &Limits) -> Vec<Arc<TaskSlot>> {
+        let mut started = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.limited.queue.len());
+        while let Some(slot) = self.limited.queue.pop_front() {
+            if slot.lock().status != TaskStatus::Queued {
+                // Cancelled (or shut down) while it waited.
+                continue;
+            }
+            if self.may_start(limits, slot.owner(), &slot.task_type) {
+                slot.lock().status = TaskStatus::Running;
+                slot.owner.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                self.count_type_start(limits, &slot.task_type);
+                started.push(slot);
+            } else {
+                kept.push_back(slot);
+            }
+        }
+        self.limited.queue = kept;
+        started
+    }
+}
+
+impl super::Core {
+    /// A failed attempt that its retry policy runs again: its failure is
+    /// written (the attempt's outcome, in its log), and the task waits,
+    /// `queued`, for its next attempt. Its waiters go on waiting.
+    pub(crate) fn settle_retry(
+        &self,
+        slot: &TaskSlot,
+        entry: &mut super::registry::Entry,
+        error: Option<String>,
+        delay: Duration,
+    ) {
+        let at_ms = self.clock.now_ms();
+        entry.status = TaskStatus::Queued;
+        entry.error = error.clone();
+        entry.token = None;
+        if let Some(number) = entry.reap.take() {
+            self.reaper.forget(number);
+        }
+        if let Some(outbox) = &self.outbox {
+            entry.add_pending(1);
+            outbox.enqueue(
+                crate::manager::outbox::Job {
+                    task_id: slot.task_id.clone(),
+                    owner: Arc::clone(&slot.owner.name),
+                    epoch: slot.seq,
+                    change: crate::records::Change::Transition(crate::Transition::Finish {
+                        attempt: slot.attempt,
+                        holder: Some(self.lease.holder.clone()),
+                        status: TaskStatus::Failed,
+                        result: None,
+                        error: error.clone(),
+                        at_ms,
+                    }),
+                    known: None,
+                },
+                None,
+            );
+        }
+        self.emit(
+            slot,
+            crate::TaskEventKind::RetryScheduled {
+                error: error.unwrap_or_default(),
+                delay,
+            },
+        );
+    }
+
+    /// Starts the next attempt of a task waiting for its retry, `delay` from
+    /// now.
+    pub(crate) fn schedule_retry(self: &Arc<Self>, slot: &Arc<TaskSlot>, delay: Duration) {
+        let core = Arc::downgrade(self);
+        let due = Arc::clone(slot);
+        let started = self.background.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(core) = core.upgrade() {
+                core.retry(&due);
+            }
+        });
+        if !started {
+            self.end_queued(slot, TaskStatus::Failed, None);
+        }
+    }
+
+    /// The next attempt of a task whose retry is due, as a new epoch of its
+    /// id that runs its work again with the checkpoint of the attempt
+    /// before. Waiters of the old epoch follow it.
+    fn retry(self: &Arc<Self>, old: &Arc<TaskSlot>) {
+        let checkpoint = {
+            let entry = old.lock();
+            if entry.status != TaskStatus::Queued {
+                // Its retry was called off meanwhile.
+                return;
+            }
+            entry
+                .extra
+                .as_ref()
+                .and_then(|e| e.checkpoint.clone())
+                .or_else(|| old.policy.as_ref().and_then(|p| p.previous_checkpoint.clone()))
+        };
+        let Some(mut policy) = old.policy.as_deref().cloned() else {
+            return;
+        };
+        let Some(work) = policy.work.clone() else {
+            return;
+        };
+        policy.previous_checkpoint = checkpoint;
+        let token = policy.token.clone();
+        let launch = super::Launch {
+            task_id: old.task_id.clone(),
+            owner: old.owner().to_owned(),
+            task_type: old.task_type.to_string(),
+            description: old.description.clone(),
+            parent_task_id: old.parent_task_id.clone(),
+            metadata: old.metadata.as_deref().cloned().unwrap_or(Value::Null),
+            supports_resume: old.supports_resume,
+            attempt: Some(old.attempt + 1),
+            run_id: None,
+            durable: super::Durable::Start(crate::records::Known::Unknown),
+            now_ms: self.clock.now_ms(),
+            admitted: false,
+            policy: Some(Box::new(policy)),
+            when_limited: WhenLimited::Queue,
+            retry_of: Some(old.seq),
+        };
+        match self.launch_work(launch, token, None, Work::Shared(work)) {
+            Ok(_) => old.finished.notify_waiters(),
+            Err(error) => {
+                tracing::warn!(task_id = %old.task_id, %error, "a retry could not start");
+                self.end_queued(old, TaskStatus::Failed, None);
+            }
+        }
+    }
+
+    /// A running task outlived its timeout: its cancellation is requested,
+    /// and it ends `failed` ("timed out").
+    pub(crate) fn time_out(self: &Arc<Self>, slot: &Arc<TaskSlot>) {
+        let mut entry = slot.lock();
+        if entry.status != TaskStatus::Running || entry.timed_out {
+            return;
+        }
+        entry.timed_out = true;
+        self.emit(slot, crate::TaskEventKind::TimedOut);
+        self.request_cancel(slot, &mut entry);
+    }
+}
