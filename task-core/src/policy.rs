@@ -310,8 +310,9 @@ mod tests {
         assert!(any.retries("boom") && any.retries("task panicked: x"));
         let results = any.clone().with_retry_on(RetryOn::FailedResults);
         assert!(results.retries("boom") && !results.retries("task panicked: x"));
-        let transient =
-            any.with_retry_on(RetryOn::Matching(Arc::new(|e: &str| e.contains("transient"))));
+        let transient = any.with_retry_on(RetryOn::Matching(Arc::new(|e: &str| {
+            e.contains("transient")
+        })));
         assert!(transient.retries("a transient error") && !transient.retries("bad input"));
     }
 }

@@ -214,7 +214,11 @@ impl BackgroundTaskManager {
     /// # Errors
     ///
     /// As [`submit`](Self::submit), but for the handler.
-    pub async fn spawn_request<F, Fut>(&self, request: TaskRequest, f: F) -> Result<TaskId, TaskError>
+    pub async fn spawn_request<F, Fut>(
+        &self,
+        request: TaskRequest,
+        f: F,
+    ) -> Result<TaskId, TaskError>
     where
         F: Fn(TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = TaskResult> + Send + 'static,
@@ -223,7 +227,11 @@ impl BackgroundTaskManager {
         self.spawn_shared(request, work).await
     }
 
-    async fn spawn_shared(&self, request: TaskRequest, work: SharedRun) -> Result<TaskId, TaskError> {
+    async fn spawn_shared(
+        &self,
+        request: TaskRequest,
+        work: SharedRun,
+    ) -> Result<TaskId, TaskError> {
         let TaskRequest {
             owner_thread_id: owner,
             task_type,
@@ -262,8 +270,15 @@ impl BackgroundTaskManager {
         };
         let permit = self.core.admit_write().await?;
         let launch = Launch {
-            supports_resume: resumable.unwrap_or_else(|| self.core.type_supports_resume(&task_type)),
-            policy: self.core.slot_policy(&task_type, timeout, retry, Some(Arc::clone(&work)), token.clone()),
+            supports_resume: resumable
+                .unwrap_or_else(|| self.core.type_supports_resume(&task_type)),
+            policy: self.core.slot_policy(
+                &task_type,
+                timeout,
+                retry,
+                Some(Arc::clone(&work)),
+                token.clone(),
+            ),
             when_limited,
             retry_of: None,
             task_id,
@@ -278,7 +293,8 @@ impl BackgroundTaskManager {
             now_ms,
             admitted: false,
         };
-        self.core.launch_work(launch, token, permit, Work::Shared(work))
+        self.core
+            .launch_work(launch, token, permit, Work::Shared(work))
     }
 
     /// Restarts a `stopped` task that supports resume as its next attempt,
@@ -369,7 +385,11 @@ impl BackgroundTaskManager {
         let summary = summary_of(&resumed.record);
         let launch = Launch {
             admitted: true,
-            policy: self.resume_policy(&summary.task_type, &work, resumed.record.checkpoint.clone()),
+            policy: self.resume_policy(
+                &summary.task_type,
+                &work,
+                resumed.record.checkpoint.clone(),
+            ),
             ..resume_launch(owner, &summary, resumed.record.attempt, Some(run_id), now)
         };
         let launched = self.core.launch_work(launch, None, None, work);
@@ -412,7 +432,10 @@ impl BackgroundTaskManager {
             let Some(handler) = self.core.handlers.get(&task_type).cloned() else {
                 continue;
             };
-            match self.resume_work(&owner, &task_id, Work::Shared(handler)).await {
+            match self
+                .resume_work(&owner, &task_id, Work::Shared(handler))
+                .await
+            {
                 Ok(id) => resumed.push(id),
                 Err(TaskError::NotResumable { .. } | TaskError::AlreadyRunning { .. }) => {}
                 Err(error) => {

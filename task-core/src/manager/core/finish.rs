@@ -35,7 +35,11 @@ impl Core {
                     .as_ref()
                     .is_some_and(RunCancellationToken::is_cancelled);
             let timed_out = entry.timed_out.then(|| {
-                let limit = slot.policy.as_ref().and_then(|p| p.timeout).unwrap_or_default();
+                let limit = slot
+                    .policy
+                    .as_ref()
+                    .and_then(|p| p.timeout)
+                    .unwrap_or_default();
                 format!("timed out after {limit:?}")
             });
             let shut_down = "the task manager shut down before the task finished";
@@ -57,7 +61,9 @@ impl Core {
                     None,
                     Some(format!(
                         "{}did not stop within the cancel grace of {:?}; dropped",
-                        timed_out.as_ref().map_or(String::new(), |t| format!("{t}; ")),
+                        timed_out
+                            .as_ref()
+                            .map_or(String::new(), |t| format!("{t}; ")),
                         self.cancel_grace
                     )),
                 ),
@@ -134,7 +140,10 @@ impl Core {
                 (status, error)
             } else {
                 let last = entry.error.clone().unwrap_or_default();
-                (TaskStatus::Failed, Some(format!("{last}; its retry was called off")))
+                (
+                    TaskStatus::Failed,
+                    Some(format!("{last}; its retry was called off")),
+                )
             };
             self.settle_with(slot, &mut entry, status, None, error, false);
         }

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::Core;
 use super::context::{TaskContext, TaskHost};
-use super::policy::Work;
 use super::policy::SlotPolicy;
+use super::policy::Work;
 use super::registry::{Entry, TaskSlot};
 use super::supervise::run_task;
 use crate::WhenLimited;
@@ -314,8 +314,12 @@ impl Core {
     }
 
     /// Runs a registered, running epoch in its own tokio task.
-    fn spawn_run<F, Fut>(self: &Arc<Self>, slot: Arc<TaskSlot>, token: Option<RunCancellationToken>, f: F)
-    where
+    fn spawn_run<F, Fut>(
+        self: &Arc<Self>,
+        slot: Arc<TaskSlot>,
+        token: Option<RunCancellationToken>,
+        f: F,
+    ) where
         F: FnOnce(TaskContext) -> Fut + Send + 'static,
         Fut: Future<Output = TaskResult> + Send + 'static,
     {
@@ -325,7 +329,13 @@ impl Core {
             host,
             token: token.clone().map_or_else(OnceLock::new, OnceLock::from),
         };
-        let handle = tokio::spawn(run_task(self.myself.clone(), Arc::clone(&slot), token, f, ctx));
+        let handle = tokio::spawn(run_task(
+            self.myself.clone(),
+            Arc::clone(&slot),
+            token,
+            f,
+            ctx,
+        ));
         let mut entry = slot.lock();
         if entry.status == TaskStatus::Running {
             entry.abort = Some(handle.abort_handle());
@@ -350,7 +360,9 @@ impl Core {
             };
             match work {
                 Some(work) => self.spawn_run(slot, token, move |ctx| work.run(ctx)),
-                None => tracing::error!(task_id = %slot.task_id, "a queued task had no work to run"),
+                None => {
+                    tracing::error!(task_id = %slot.task_id, "a queued task had no work to run")
+                }
             }
         }
     }
@@ -358,8 +370,12 @@ impl Core {
     /// Why a task of `owner` and `task_type` may not start now.
     fn limit_reason(&self, owner: &str, task_type: &str) -> String {
         match (self.limits.per_owner, self.limits.per_type.get(task_type)) {
-            (_, Some(max)) => format!("{max} tasks of type {task_type:?} are running (its concurrency limit)"),
-            (Some(max), None) => format!("{max} tasks of owner {owner:?} are running (the owner concurrency limit)"),
+            (_, Some(max)) => {
+                format!("{max} tasks of type {task_type:?} are running (its concurrency limit)")
+            }
+            (Some(max), None) => {
+                format!("{max} tasks of owner {owner:?} are running (the owner concurrency limit)")
+            }
             (None, None) => "a concurrency limit is reached".to_owned(),
         }
     }

@@ -25,8 +25,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 pub(crate) use self::launch::{Durable, Launch, plan_from_record};
-use self::registry::{Entry, ManagerStats, Registry, TaskSlot, is_collectable};
 use self::policy::{Handlers, Limits, SharedRun, SlotPolicy};
+use self::registry::{Entry, ManagerStats, Registry, TaskSlot, is_collectable};
 use self::supervise::{Ended, Reaper, reap};
 use super::background::Background;
 use super::builder::{Config, LeaseConfig, RetentionPolicy};

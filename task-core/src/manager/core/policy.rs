@@ -15,7 +15,8 @@ use super::registry::{Registry, TaskSlot};
 use crate::{RetryPolicy, RunCancellationToken, TaskResult, TaskStatus, WhenLimited};
 
 /// Work that can run again (a handler, or a `spawn_request` closure).
-pub(crate) type SharedRun = Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskResult> + Send + Sync>;
+pub(crate) type SharedRun =
+    Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskResult> + Send + Sync>;
 
 /// Work that runs once (a `spawn` closure held while its task is queued).
 pub(crate) type OnceRun = Box<dyn FnOnce(TaskContext) -> BoxFuture<'static, TaskResult> + Send>;
@@ -138,7 +139,14 @@ impl Registry {
             return false;
         }
         match limits.per_type.get(task_type) {
-            Some(max) => self.limited.running_by_type.get(task_type).copied().unwrap_or(0) < *max,
+            Some(max) => {
+                self.limited
+                    .running_by_type
+                    .get(task_type)
+                    .copied()
+                    .unwrap_or(0)
+                    < *max
+            }
             None => true,
         }
     }
@@ -174,7 +182,9 @@ impl Registry {
             }
             if self.may_start(limits, slot.owner(), &slot.task_type) {
                 slot.lock().status = TaskStatus::Running;
-                slot.owner.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                slot.owner
+                    .running
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.count_type_start(limits, &slot.task_type);
                 started.push(slot);
             } else {
@@ -263,7 +273,11 @@ impl super::Core {
                 .extra
                 .as_ref()
                 .and_then(|e| e.checkpoint.clone())
-                .or_else(|| old.policy.as_ref().and_then(|p| p.previous_checkpoint.clone()))
+                .or_else(|| {
+                    old.policy
+                        .as_ref()
+                        .and_then(|p| p.previous_checkpoint.clone())
+                })
         };
         let Some(mut policy) = old.policy.as_deref().cloned() else {
             return;
