@@ -101,17 +101,23 @@
 //!
 //! # Scripts and round trips
 //!
-//! All data goes to the scripts through `ARGV`, never into their source; the
-//! scripts are loaded on connect (`SCRIPT LOAD`) and run by SHA1, reloaded
-//! when the server answers `NOSCRIPT` (after a restart). Each script checks
-//! the types of its keys before its first write, because Redis does not roll
-//! a script back when a command fails half-way.
+//! The scripts live in `src/lua/` beside the crate's modules, each file
+//! prefixed with a shared prelude (`prelude.lua`: the server's clock, calls
+//! in slices, type checks, retention and the message rules every write
+//! shares). All data goes to the scripts through `ARGV`, never into their
+//! source; the scripts are loaded on connect (`SCRIPT LOAD`) and run by
+//! SHA1, reloaded when the server answers `NOSCRIPT` (after a restart). Each
+//! script checks the types of its keys before its first write, because
+//! Redis does not roll a script back when a command fails half-way.
+//! `create` is a `create_batch` of one and `append` an `append_batch` of
+//! one, so each rule of a write is written once.
 //!
 //! | operation | round trips | what runs |
 //! |---|---|---|
-//! | `create`, `save` | 1 | the write script: existence or version check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
-//! | `append` | 1 | the write script on the thread's three keys (indexes do not change) |
-//! | `append_batch` | 1 per 1024 appends | one pipeline of runs of the batch append script, each applying up to 128 appends (the further appends of a thread join the run of its first, in order), each all or nothing on its own with the write script's checks: the head read with one `HMGET`, a message id looked up with one `HEXISTS` (or the item's ids with one `HMGET`), one `HSET` each of log, mids and head, the TTLs as the write script sets them, and the expiry set written once per run (a second round only for scripts the server had forgotten) |
+//! | `create` | 1 | the batch create script with one thread |
+//! | `save` | 1 | the save script: existence check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
+//! | `append` | 1 | the batch append script with one append, on the thread's three keys (indexes do not change) |
+//! | `append_batch` | 1 per 1024 appends | one pipeline of runs of the batch append script, each applying up to 128 appends (the further appends of a thread join the run of its first, in order), each all or nothing on its own: the head read with one `HMGET`, a message id looked up with one `HEXISTS` (or the item's ids with one `HMGET`), one `HSET` each of log, mids and head, the TTLs of the retention, and the expiry set written once per run (a second round only for scripts the server had forgotten) |
 //! | `create_batch` | 1 per 1024 threads | one pipeline of runs of the batch create script, each creating up to 128 threads, each thread all or nothing on its own: the index keys' types checked once per run, one `EXISTS` proving the run's threads fresh, one `HSET` each of a thread's head, log and mids, one `ZADD` per index key for the whole run (a second round only for scripts the server had forgotten) |
 //! | `load` | 1 | `HMGET` of the head |
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
@@ -180,11 +186,19 @@
 //!   slowest write you make (a change set with many large messages) and well
 //!   below the time your callers can wait.
 
+mod batch;
+mod codec;
+mod conn;
 mod error;
 mod keys;
+mod listing;
 mod options;
+mod reply;
+mod retention;
 mod scripts;
+mod signals;
 mod store;
+mod url;
 
 pub use options::{DEFAULT_PREFIX, RedisStoreOptions};
 pub use store::RedisStore;
