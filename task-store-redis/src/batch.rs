@@ -44,7 +44,7 @@ const RUNS_PER_ROUND_TRIP: usize = 8;
 /// See `lua/create_batch.lua`.
 struct CreateRun<'a> {
     keys: &'a KeySpace,
-    /// `KEYS[2..]`: the index of all threads, then the others.
+    /// `KEYS[4..]`: the index of all threads, then the others.
     index_keys: Vec<String>,
     kind_positions: HashMap<&'a str, usize>,
     parent_positions: HashMap<(&'a str, &'a str), usize>,
@@ -77,9 +77,10 @@ impl<'a> CreateRun<'a> {
         self.ids.contains(id)
     }
 
-    /// The position in `KEYS` of the next index key (1 is the expiry set).
+    /// The position in `KEYS` of the next index key (1 is the expiry set,
+    /// 2 and 3 the open index).
     fn next_position(&self) -> usize {
-        self.index_keys.len() + 2
+        self.index_keys.len() + 4
     }
 
     /// Lays out one validated thread, not yet in this run. Fails, changing
@@ -158,8 +159,8 @@ impl<'a> CreateRun<'a> {
         invocation.args.extend(self.args);
         invocation
             .keys
-            .reserve(1 + self.index_keys.len() + self.thread_keys.len());
-        invocation.keys.push(self.keys.expiring());
+            .reserve(3 + self.index_keys.len() + self.thread_keys.len());
+        invocation.keys.extend(self.keys.shared());
         invocation.keys.extend(self.index_keys);
         invocation.keys.extend(self.thread_keys);
         (invocation, self.items)
@@ -227,8 +228,8 @@ impl<'a> AppendRun<'a> {
             .args
             .push(self.items.len().to_string().into_bytes());
         invocation.args.extend(self.args);
-        invocation.keys.reserve(1 + self.thread_keys.len());
-        invocation.keys.push(self.keys.expiring());
+        invocation.keys.reserve(3 + self.thread_keys.len());
+        invocation.keys.extend(self.keys.shared());
         invocation.keys.extend(self.thread_keys);
         (invocation, self.items)
     }

@@ -92,10 +92,19 @@
 //! | `P:idx:kind:E(kind)` | sorted set | ids of one kind, score 0 |
 //! | `P:idx:parent:E(parent)` | sorted set | ids of one parent, score 0 |
 //! | `P:idx:pk:E(parent):E(kind)` | sorted set | ids of one parent and kind, score 0 |
+//! | `P:idx:open:kind` | sorted set | `kind\0id` of every open thread (finished mark not set), score 0 |
+//! | `P:idx:open:parent` | sorted set | `parent\0kind\0id` of every open thread with a parent, score 0 |
 //! | `P:idx:expiring` | sorted set | `id\nkind\nparent` of finished threads with a TTL, scored by their expiry time (ms) |
 //!
 //! The three keys of a thread share the hash tag `{E(id)}`, so they live in
-//! one slot. Index members are the raw ids, all with score 0, so
+//! one slot. The open index is kept exact in the same script as the finished
+//! mark: every write that sets the mark removes the thread's entries, every
+//! write that clears it (or creates or saves an open thread) adds them, and
+//! `delete` removes them with the thread; `\0` cannot occur in an id, kind
+//! or parent (control characters are refused) and sorts before every other
+//! byte, so one kind's, one parent's, or one parent and kind's open threads
+//! are one range in id order, and an open listing costs the open threads,
+//! never the finished ones. Index members are the raw ids, all with score 0, so
 //! `ZRANGEBYLEX` returns them in ascending byte order and the listing cursor
 //! (the last id seen) is an exclusive `(` bound.
 //!
@@ -121,6 +130,7 @@
 //! | `create_batch` | 1 per 1024 threads | one pipeline of runs of the batch create script, each creating up to 128 threads, each thread all or nothing on its own: the index keys' types checked once per run, one `EXISTS` proving the run's threads fresh, one `HSET` each of a thread's head, log and mids, one `ZADD` per index key for the whole run (a second round only for scripts the server had forgotten) |
 //! | `load` | 1 | `HMGET` of the head |
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
+//! | `list_threads` with `open_only` | 1 | a read script on the open index: one `ZRANGEBYLEX` for a kind or a parent and kind, one per kind (found by jumping from kind to kind) for a parent or for every open thread |
 //! | `list_threads` | 2 (+1) | `ZRANGEBYLEX` of the index, a pipeline of `HMGET kind parent` to drop entries of gone threads (+ a prune script when there were any) |
 //! | `delete` | 1 + 1 per index | a script deleting the thread's keys, then a conditional prune of each of its index entries |
 //! | [`sweep_expired`](RedisStore::sweep_expired) | 2 + 1 per index touched | the due entries of the expiry set, a conditional prune per index, then forgetting the swept entries |

@@ -15,9 +15,7 @@ impl RedisStore {
     /// head and pruning those of threads that are gone.
     pub(crate) async fn list(&self, query: ThreadQuery) -> Result<ThreadPage> {
         if query.open_only {
-            return Err(ThreadStoreError::Unsupported {
-                reason: "listing open threads only is not implemented on Redis yet".to_owned(),
-            });
+            return self.list_open(query).await;
         }
         let keys = &self.inner.keys;
         let limit = effective_limit(query.limit);
@@ -95,13 +93,53 @@ impl RedisStore {
                 break;
             }
         }
-        let next = if live.len() > limit {
-            live.truncate(limit);
-            live.last().cloned()
-        } else {
-            None
+        Ok(page_of(live, limit))
+    }
+
+    /// `list_threads` with `open_only`: a page of the open index, which
+    /// writes keep exact (each in the script that sets or clears the
+    /// finished mark; open threads carry no TTL), so its entries are listed
+    /// as they are.
+    async fn list_open(&self, query: ThreadQuery) -> Result<ThreadPage> {
+        let keys = &self.inner.keys;
+        let limit = effective_limit(query.limit);
+        let (index, prefix, mode) = match (&query.parent_id, &query.kind) {
+            (Some(parent), Some(kind)) => {
+                (keys.open_by_parent(), format!("{parent}\0{kind}\0"), "flat")
+            }
+            (Some(parent), None) => (keys.open_by_parent(), format!("{parent}\0"), "kinds"),
+            (None, Some(kind)) => (keys.open_by_kind(), format!("{kind}\0"), "flat"),
+            (None, None) => (keys.open_by_kind(), String::new(), "kinds"),
         };
-        Ok(ThreadPage { ids: live, next })
+        let invocation = Invocation::new(&scripts::LIST_OPEN)
+            .key(index.as_str())
+            .arg(prefix)
+            .arg(mode)
+            .arg(query.after.clone().unwrap_or_default())
+            .arg((limit + 1).to_string());
+        let reply = self.inner.conn.invoke(&invocation, None).await?;
+        let lists = match reply {
+            Value::Array(lists) => lists,
+            other => return Err(odd_listing(&index, &other)),
+        };
+        let mut ids = Vec::new();
+        for list in lists {
+            let Value::Array(members) = list else {
+                return Err(odd_listing(&index, &list));
+            };
+            for member in members {
+                let Value::BulkString(bytes) = member else {
+                    return Err(odd_listing(&index, &member));
+                };
+                ids.push(
+                    String::from_utf8(bytes).map_err(|err| ThreadStoreError::Backend {
+                        message: format!("the index {index} holds an id that is not UTF-8"),
+                        source: Some(std::sync::Arc::new(err)),
+                    })?,
+                );
+            }
+        }
+        Ok(page_of(ids, limit))
     }
 
     /// Drops the entries of `index` (of this kind and parent) that point at
@@ -131,6 +169,25 @@ impl RedisStore {
         }
         Ok(())
     }
+}
+
+fn odd_listing(index: &str, what: &Value) -> ThreadStoreError {
+    ThreadStoreError::backend(format!(
+        "unexpected answer from the listing of {index}: {what:?}"
+    ))
+}
+
+/// The page of the first `limit` of `ids` (in any order, without
+/// duplicates), with a cursor when there were more.
+fn page_of(mut ids: Vec<String>, limit: usize) -> ThreadPage {
+    ids.sort_unstable();
+    let next = if ids.len() > limit {
+        ids.truncate(limit);
+        ids.last().cloned()
+    } else {
+        None
+    };
+    ThreadPage { ids, next }
 }
 
 /// Whether an index entry whose head answered `head` (to `HMGET kind parent`)

@@ -59,6 +59,8 @@ scripts! {
     READ_LOG = "read_log.lua";
     /// Deletes a thread's keys (`lua/delete.lua`).
     DELETE = "delete.lua";
+    /// A page of an open index (`lua/list_open.lua`).
+    LIST_OPEN = "list_open.lua";
     /// Drops stale index entries, conditionally (`lua/prune.lua`).
     PRUNE = "prune.lua";
     /// The due entries of the expiry set (`lua/due.lua`).

@@ -152,8 +152,10 @@ impl RedisStore {
         let mut invocation = Invocation::new(&scripts::SAVE)
             .key(thread_keys.head)
             .key(thread_keys.log)
-            .key(thread_keys.mids)
-            .key(keys.expiring());
+            .key(thread_keys.mids);
+        for key in keys.shared() {
+            invocation = invocation.key(key);
+        }
         for key in keys.indexes_of(&thread.kind, thread.parent_id.as_deref()) {
             invocation = invocation.key(key);
         }
@@ -327,7 +329,10 @@ impl ThreadWriter for RedisStore {
         let invocation = Invocation::new(&scripts::DELETE)
             .key(keys.head)
             .key(keys.log)
-            .key(keys.mids);
+            .key(keys.mids)
+            .key(self.inner.keys.open_by_kind())
+            .key(self.inner.keys.open_by_parent())
+            .arg(id);
         let reply = self.inner.conn.invoke(&invocation, Some(id)).await?;
         let mut replies = items(id, reply)?.into_iter();
         match status(id, replies.next())?.as_str() {

@@ -7,7 +7,8 @@
 -- valid, and each item's messages hold no message id twice (a repeat is
 -- skipped, and counted, by the caller).
 --
--- KEYS: 1 the expiry set; then head, log, mids of each item, in order.
+-- KEYS: 1 the expiry set; 2 the open-by-kind and 3 the open-by-parent
+-- index; then head, log, mids of each item, in order.
 --
 -- ARGV: 1 retention in ms ('0' for none); 2 the number of items n; then
 -- per item: thread id; expected version ('' for any); state JSON ('' for
@@ -25,12 +26,16 @@
 -- checked by those reads (a type error is caught with pcall and is that
 -- item's corruption) and the log's by the item's first write; a TYPE is
 -- asked only where no read or write of the item covers the key. Per run:
--- one TYPE of the expiry set, one TIME, and one ZADD and one ZREM on it.
+-- one TYPE of each sorted set, one TIME, and one ZADD and one ZREM on each
+-- that changed.
 
-local expiring = KEYS[1]
+local expiring, open_kind, open_parent = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-local expiring_bad = not_zset(expiring)
+local shared_bad
+for i = 1, 3 do
+  if not_zset(KEYS[i]) then shared_bad = KEYS[i]; break end
+end
 
 local function apply(head, log, mids, id, expected, state, mark, first, c)
   local cur = redis.pcall('HMGET', head, 'v', 'seq', 'term', 'kind', 'parent')
@@ -44,9 +49,9 @@ local function apply(head, log, mids, id, expected, state, mark, first, c)
 
   local bad, plan = plan_messages(mids, first, c, last_seq)
   if bad then return bad end
-  if expiring_bad then
+  if shared_bad then
     bad = not_hash(log, 'the key ' .. log)
-    return bad or {'badindex', expiring}
+    return bad or {'badindex', shared_bad}
   end
   bad = write_messages(log, mids, first, plan)
   if bad then return bad end
@@ -64,18 +69,20 @@ local function apply(head, log, mids, id, expected, state, mark, first, c)
   else
     redis.call('HSET', head, 'v', fmt(version), 'seq', fmt(last_seq), 'term', term)
   end
-  retain(head, log, mids, ttl, term, mark, id .. '\n' .. (cur[4] or '') .. '\n' .. (cur[5] or ''), false)
+  local kind, parent = cur[4] or '', cur[5] or ''
+  if mark ~= '' then note_open(open_kind, open_parent, kind, parent, id, term == '0') end
+  retain(head, log, mids, expiring, ttl, term, mark, id .. '\n' .. kind .. '\n' .. parent, false)
   return {'ok', version, last_seq, appended, skipped}
 end
 
 local out = {}
 local p = 3
 for i = 1, n do
-  local at = 2 + 3 * (i - 1)
+  local at = 4 + 3 * (i - 1)
   local c = tonumber(ARGV[p + 4])
   out[i] = apply(KEYS[at], KEYS[at + 1], KEYS[at + 2],
     ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3], p + 5, c)
   p = p + 5 + 2 * c
 end
-flush_expiry(expiring, ttl)
+flush_notes(expiring, ttl)
 return out

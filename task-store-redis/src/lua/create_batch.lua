@@ -6,10 +6,11 @@
 -- valid and distinct within the run, and each thread's messages are those
 -- a fresh log appends (repeated ids dropped), numbered from 1 in order.
 --
--- KEYS: 1 the expiry set; 2 the index of all threads; 3..m+1 the other
--- index keys of the run's threads: one per kind, and per pair of parent and
--- kind the parent's index followed by the parent+kind index; then head,
--- log, mids of each thread, in order.
+-- KEYS: 1 the expiry set; 2 the open-by-kind and 3 the open-by-parent
+-- index; 4 the index of all threads; 5..m+3 the other index keys of the
+-- run's threads: one per kind, and per pair of parent and kind the
+-- parent's index followed by the parent+kind index; then head, log, mids
+-- of each thread, in order.
 --
 -- ARGV: 1 retention in ms ('0' for none); 2 m; 3 the number of threads n;
 -- then per thread: id; finished mark ('0'/'1'); the position in KEYS of its
@@ -31,29 +32,26 @@
 -- sequence numbers are made here, to keep the arguments few: each argument
 -- costs the server time to receive and to turn into a Lua string.
 
-local expiring = KEYS[1]
+local expiring, open_kind, open_parent = KEYS[1], KEYS[2], KEYS[3]
 local ttl = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 
-local expiring_bad = not_zset(expiring)
+-- Keys every thread of the run writes (or may write), then the others.
+local shared_bad
+for i = 1, 4 do
+  if not_zset(KEYS[i]) then shared_bad = KEYS[i]; break end
+end
 local bad = {}
-for i = 2, m + 1 do
+for i = 5, m + 3 do
   if not_zset(KEYS[i]) then bad[i] = true end
 end
-local base = m + 2
+local base = m + 4
 -- No key of any thread exists (the common case): every thread is fresh
 -- and nothing was left behind, so none needs an EXISTS or a DEL of its own.
 local clean = redis.call('EXISTS', unpack(KEYS, base, base + 3 * n - 1)) == 0
 
-local out, members = {}, {}
-local function member(pos, id)
-  local list = members[pos]
-  if list == nil then list = {}; members[pos] = list end
-  list[#list + 1] = '0'
-  list[#list + 1] = id
-end
-
+local out = {}
 local p = 4
 for i = 1, n do
   local id, term, kind_pos, parent_pos = ARGV[p], ARGV[p + 1], tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])
@@ -66,27 +64,26 @@ for i = 1, n do
 
   local status = 1
   if not clean and redis.call('EXISTS', head) == 1 then status = 0
-  elseif bad[2] then status = KEYS[2]
+  elseif shared_bad then status = shared_bad
   elseif bad[kind_pos] then status = KEYS[kind_pos]
   elseif parent_pos > 0 and bad[parent_pos] then status = KEYS[parent_pos]
-  elseif parent_pos > 0 and bad[parent_pos + 1] then status = KEYS[parent_pos + 1]
-  elseif expiring_bad then status = expiring end
+  elseif parent_pos > 0 and bad[parent_pos + 1] then status = KEYS[parent_pos + 1] end
 
   if status == 1 then
     -- A missing head means a fresh thread: drop anything left behind.
     if not clean then redis.call('DEL', log, mids) end
     write_fresh(head, log, mids, id, term, state, kind, meta, parent, first, c)
-    member(2, id)
-    member(kind_pos, id)
-    if parent_pos > 0 then member(parent_pos, id); member(parent_pos + 1, id) end
-    retain(head, log, mids, ttl, term, term, id .. '\n' .. kind .. '\n' .. parent, true)
+    note(KEYS[4], id, true)
+    note(KEYS[kind_pos], id, true)
+    if parent_pos > 0 then
+      note(KEYS[parent_pos], id, true)
+      note(KEYS[parent_pos + 1], id, true)
+    end
+    if term == '0' then note_open(open_kind, open_parent, kind, parent, id, true) end
+    retain(head, log, mids, expiring, ttl, term, term, id .. '\n' .. kind .. '\n' .. parent, true)
   end
   out[i] = status
 end
 
-for pos = 2, m + 1 do
-  local list = members[pos]
-  if list ~= nil then call_in_slices('ZADD', KEYS[pos], list) end
-end
-flush_expiry(expiring, ttl)
+flush_notes(expiring, ttl)
 return out

@@ -48,14 +48,56 @@ local function type_error(key, what, reply)
   return bad
 end
 
--- Retention. A run collects what the expiry set must learn (entry -> true
--- to add, false to remove; for one entry the last wish counts, as if the
--- items had run one after another) and writes it once, at its end.
-local expiry, expiry_order = {}, {}
+-- Sorted-set entries a run adds or removes, written once per key at its
+-- end (for one member the last wish counts, as if the items had run one
+-- after another): index entries (score 0) and expiry-set entries (scored
+-- by the time they expire).
+local notes, noted_keys = {}, {}
 
-local function note_expiry(entry, add)
-  if expiry[entry] == nil then expiry_order[#expiry_order + 1] = entry end
-  expiry[entry] = add
+local function note(key, member, add)
+  local of_key = notes[key]
+  if of_key == nil then
+    of_key = {order = {}, want = {}}
+    notes[key] = of_key
+    noted_keys[#noted_keys + 1] = key
+  end
+  if of_key.want[member] == nil then of_key.order[#of_key.order + 1] = member end
+  of_key.want[member] = add
+end
+
+-- Writes the noted entries, last, so that every expiry recorded is at or
+-- after its keys' own: the entries of `expiring` are scored now + ttl, the
+-- others 0.
+local function flush_notes(expiring, ttl)
+  local until_ms
+  for _, key in ipairs(noted_keys) do
+    local of_key = notes[key]
+    local add, remove = {}, {}
+    for _, member in ipairs(of_key.order) do
+      if of_key.want[member] then
+        add[#add + 1] = 0
+        add[#add + 1] = member
+      else
+        remove[#remove + 1] = member
+      end
+    end
+    if key == expiring and #add > 0 then
+      until_ms = until_ms or now_ms() + ttl
+      for k = 1, #add, 2 do add[k] = until_ms end
+    end
+    call_in_slices('ZADD', key, add)
+    call_in_slices('ZREM', key, remove)
+  end
+end
+
+-- The open index: a thread whose finished mark is not set has an entry
+-- 'kind\0id' in the open-by-kind set and, when it has a parent,
+-- 'parent\0kind\0id' in the open-by-parent set (ids, kinds and parents
+-- hold no control characters, so \0 separates them and sorts before any
+-- of their bytes: one kind's or one parent's entries are one range).
+local function note_open(by_kind, by_parent, kind, parent, id, open)
+  note(by_kind, kind .. '\0' .. id, open)
+  if parent ~= '' then note(by_parent, parent .. '\0' .. kind .. '\0' .. id, open) end
 end
 
 -- Applies the retention to a thread that a write leaves with the finished
@@ -65,13 +107,13 @@ end
 -- retention of its own keeps an expiry set earlier, copying it to keys
 -- created since; clearing the mark removes the expiry. `fresh`: the keys
 -- were created by this write (no expiry to copy or drop).
-local function retain(head, log, mids, ttl, term, mark, entry, fresh)
+local function retain(head, log, mids, expiring, ttl, term, mark, entry, fresh)
   if term == '1' then
     if ttl > 0 then
       redis.call('PEXPIRE', head, ttl)
       redis.call('PEXPIRE', log, ttl)
       redis.call('PEXPIRE', mids, ttl)
-      note_expiry(entry, true)
+      note(expiring, entry, true)
     elseif not fresh then
       local left = redis.call('PTTL', head)
       if left > 0 then
@@ -85,28 +127,8 @@ local function retain(head, log, mids, ttl, term, mark, entry, fresh)
       redis.call('PERSIST', log)
       redis.call('PERSIST', mids)
     end
-    note_expiry(entry, false)
+    note(expiring, entry, false)
   end
-end
-
--- Writes what the run noted for the expiry set `key`, last, so that every
--- expiry recorded is at or after its keys' own.
-local function flush_expiry(key, ttl)
-  local add, remove = {}, {}
-  for _, entry in ipairs(expiry_order) do
-    if expiry[entry] then
-      add[#add + 1] = 0
-      add[#add + 1] = entry
-    else
-      remove[#remove + 1] = entry
-    end
-  end
-  if #add > 0 then
-    local until_ms = now_ms() + ttl
-    for k = 1, #add, 2 do add[k] = until_ms end
-    call_in_slices('ZADD', key, add)
-  end
-  call_in_slices('ZREM', key, remove)
 end
 
 -- The messages of a write to an existing thread whose log ends at

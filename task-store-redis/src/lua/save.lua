@@ -4,8 +4,8 @@
 -- a new thread), and the thread moves between index entries when its kind
 -- or parent changes.
 --
--- KEYS: 1 head, 2 log, 3 mids, 4 the expiry set; then the index keys of the
--- new kind and parent (all, kind, and parent, parent+kind when ARGV[4] is
+-- KEYS: 1 head, 2 log, 3 mids, 4 the expiry set, 5 the open-by-kind and
+-- 6 the open-by-parent index; then the index keys of the new kind and parent (all, kind, and parent, parent+kind when ARGV[4] is
 -- not ''); then those of the kind and parent the caller assumes are stored
 -- (kind when ARGV[8] is not ''; parent, parent+kind when ARGV[9] is not '').
 --
@@ -21,6 +21,7 @@
 -- {'badindex', key}.
 
 local head, log, mids, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local open_kind, open_parent = KEYS[5], KEYS[6]
 local ttl = tonumber(ARGV[1])
 local id, kind, parent, meta, state, term = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local old_kind, old_parent = ARGV[8], ARGV[9]
@@ -41,7 +42,7 @@ if exists then
   end
 end
 
-local k = 5
+local k = 7
 local idx_all, idx_kind = KEYS[k], KEYS[k + 1]
 k = k + 2
 local idx_parent, idx_pk
@@ -51,10 +52,9 @@ if old_kind ~= '' then
   old_idx_kind = KEYS[k]; k = k + 1
   if old_parent ~= '' then old_idx_parent = KEYS[k]; old_idx_pk = KEYS[k + 1] end
 end
-for i = 5, #KEYS do
+for i = 4, #KEYS do
   if not_zset(KEYS[i]) then return {'badindex', KEYS[i]} end
 end
-if not_zset(expiring) then return {'badindex', expiring} end
 
 local appended, skipped = c, 0
 if exists then
@@ -78,16 +78,19 @@ else
   version, last_seq = 1, c
 end
 
-if old_idx_kind and old_idx_kind ~= idx_kind then redis.call('ZREM', old_idx_kind, id) end
-if old_idx_parent and old_idx_parent ~= idx_parent then redis.call('ZREM', old_idx_parent, id) end
-if old_idx_pk and old_idx_pk ~= idx_pk then redis.call('ZREM', old_idx_pk, id) end
-redis.call('ZADD', idx_all, 0, id)
-redis.call('ZADD', idx_kind, 0, id)
+-- The old entries go (where the new ones differ), the new ones come.
+if old_idx_kind then note(old_idx_kind, id, false) end
+if old_idx_parent then note(old_idx_parent, id, false) end
+if old_idx_pk then note(old_idx_pk, id, false) end
+if exists then note_open(open_kind, open_parent, old_kind, old_parent, id, false) end
+note(idx_all, id, true)
+note(idx_kind, id, true)
 if idx_parent then
-  redis.call('ZADD', idx_parent, 0, id)
-  redis.call('ZADD', idx_pk, 0, id)
+  note(idx_parent, id, true)
+  note(idx_pk, id, true)
 end
+note_open(open_kind, open_parent, kind, parent, id, term == '0')
 
-retain(head, log, mids, ttl, term, term, id .. '\n' .. kind .. '\n' .. parent, not exists)
-flush_expiry(expiring, ttl)
+retain(head, log, mids, expiring, ttl, term, term, id .. '\n' .. kind .. '\n' .. parent, not exists)
+flush_notes(expiring, ttl)
 return {'ok', version, last_seq, appended, skipped}
