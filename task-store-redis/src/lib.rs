@@ -38,9 +38,24 @@
 //! [`RedisStore::connect`] takes `redis://[user][:password@]host[:port][/db]`
 //! (ACL user and password, or just a password), `rediss://…` for TLS with the
 //! crate feature `tls` (without it, `rediss://` is refused with an error that
-//! says so), or `redis+unix:///path`. A `?prefix=P` parameter sets the key
-//! prefix (default [`DEFAULT_PREFIX`]). [`RedisStoreOptions`] sets the connect
-//! and response timeouts, the reconnection policy and the retention.
+//! names the feature to enable), or `redis+unix:///path`.
+//!
+//! Query parameters:
+//!
+//! | parameter | meaning | example |
+//! |---|---|---|
+//! | `prefix` | the key prefix (default [`DEFAULT_PREFIX`]) | `?prefix=myapp` |
+//! | `retention` | how long a finished thread is kept after its last write: a positive whole number and a unit, `ms`, `s`, `m`, `h` or `d`; a bare number is seconds (default: kept until deleted) | `?retention=7d` |
+//! | `protocol` | passed to `redis-rs`: `resp2` (default) or `resp3` | `?protocol=resp3` |
+//! | `db`, `user`, `pass` | passed to `redis-rs`, for `redis+unix://` only | `?db=2` |
+//!
+//! Any other parameter is refused with an error that names it, so a typo
+//! such as `?prefx=…` never falls back to the shared default prefix
+//! silently. The URL's parameters override the same fields of
+//! [`RedisStoreOptions`], which also sets the connect and response
+//! timeouts and the reconnection policy. So `task_core::store::open(
+//! "redis://127.0.0.1:6379/0?prefix=myapp&retention=7d")` opens a store
+//! under `myapp` that keeps finished tasks for a week.
 //!
 //! The store runs on one `redis::aio::ConnectionManager`: a multiplexed
 //! connection shared by every clone of the store, that reconnects by itself.

@@ -21,7 +21,7 @@ use crate::keys::{KeySpace, validate_prefix};
 use crate::reply::{WriteReply, corrupt_reason, int, items, opt_string, status, unexpected};
 use crate::scripts;
 use crate::signals::RedisSignals;
-use crate::url::split_url;
+use crate::url::StoreUrl;
 
 /// How often `save` re-runs its script when a concurrent `save` moved the
 /// thread to another kind or parent between its attempts.
@@ -71,22 +71,34 @@ impl RedisStore {
 
     /// Connects to the server at `url` and loads the scripts.
     ///
-    /// The URL is `redis://[user][:password@]host[:port][/db][?prefix=P]`, or
+    /// The URL is `redis://[user][:password@]host[:port][/db][?params]`, or
     /// `rediss://…` for TLS (feature `tls`), or `redis+unix:///path`. The
     /// user and password are those of an ACL user (or just a password for
-    /// `requirepass`). A `prefix` query parameter sets the key prefix,
-    /// overriding `options.prefix`; the other parameters go to `redis-rs`.
+    /// `requirepass`). Parameters (see the [crate docs](crate#connecting)):
+    /// `prefix=P` sets the key prefix and `retention=D` the retention
+    /// (`7d`, `12h`, `90s`, `250ms`; a bare number is seconds), both
+    /// overriding `options`; `protocol` goes to `redis-rs` (and `db`,
+    /// `user`, `pass` for a unix socket). Any other parameter is refused.
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a URL or prefix that cannot be used; `Unsupported`
-    /// for `rediss://` without the `tls` feature; `Authentication` when the
+    /// `InvalidInput` for a URL or prefix that cannot be used (an unknown
+    /// parameter is named); `Unsupported` for `rediss://` without the `tls`
+    /// feature (the message names the feature to enable); `Authentication` when the
     /// server refuses the credentials (or the ACL user may not load scripts);
     /// `Unavailable`/`Timeout` when the server cannot be reached.
     pub async fn connect_with(url: &str, mut options: RedisStoreOptions) -> Result<Self> {
-        let (url, target, prefix) = split_url(url)?;
+        let StoreUrl {
+            url,
+            target,
+            prefix,
+            retention,
+        } = StoreUrl::parse(url)?;
         if let Some(prefix) = prefix {
             options.prefix = prefix;
+        }
+        if let Some(retention) = retention {
+            options.retention = Some(retention);
         }
         validate_prefix(&options.prefix)?;
         #[cfg(feature = "tls")]

@@ -107,6 +107,34 @@ async fn the_url_prefix_parameter_sets_the_prefix() {
 }
 
 #[tokio::test]
+async fn the_url_retention_parameter_sets_the_retention() {
+    let test = "the_url_retention_parameter_sets_the_retention";
+    let Some(url) = task_testkit::redis_server::shared_redis_url(test) else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = RedisStore::connect(&format!("{url}{separator}prefix={prefix}&retention=1h"))
+        .await
+        .expect("connect");
+    assert_eq!(store.options().retention, Some(Duration::from_secs(3600)));
+    let mut finished = Thread::new("t", "task");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+    let mut conn = raw(&url).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:{{t}}:head"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "a finished thread expires after the URL's retention: {ttl}"
+    );
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
 async fn bad_prefixes_and_urls_are_refused_before_connecting() {
     for (url, options) in [
         (
@@ -118,6 +146,14 @@ async fn bad_prefixes_and_urls_are_refused_before_connecting() {
             RedisStoreOptions::default().with_prefix("{tag}"),
         ),
         ("not a url", RedisStoreOptions::default()),
+        (
+            "redis://127.0.0.1:1/?prefx=typo",
+            RedisStoreOptions::default(),
+        ),
+        (
+            "redis://127.0.0.1:1/?retention=7w",
+            RedisStoreOptions::default(),
+        ),
         ("http://127.0.0.1:1/", RedisStoreOptions::default()),
     ] {
         let err = RedisStore::connect_with(url, options)
