@@ -18,14 +18,7 @@ pub(crate) struct RedisFailure<'a> {
     pub(crate) thread: Option<&'a str>,
 }
 
-impl<'a> RedisFailure<'a> {
-    pub(crate) fn on(thread: &'a str) -> impl FnOnce(RedisError) -> Self {
-        move |error| Self {
-            error,
-            thread: Some(thread),
-        }
-    }
-
+impl RedisFailure<'_> {
     pub(crate) fn general(error: RedisError) -> Self {
         Self {
             error,
@@ -86,6 +79,48 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
             },
         }
     }
+}
+
+/// Adds the server's address to an error that happened while connecting.
+pub(crate) fn with_target(err: ThreadStoreError, target: &str) -> ThreadStoreError {
+    match err {
+        ThreadStoreError::Unavailable { message, source } => ThreadStoreError::Unavailable {
+            message: format!("cannot connect to {target}: {message}"),
+            source,
+        },
+        ThreadStoreError::Timeout { message, source } => ThreadStoreError::Timeout {
+            message: format!("cannot connect to {target}: {message}"),
+            source,
+        },
+        ThreadStoreError::Authentication { message, source } => ThreadStoreError::Authentication {
+            message: format!("{target} refused the credentials: {message}"),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// The error of an item of a batch that was not sent because an earlier
+/// part of the batch failed with `err`: of the same kind and with the same
+/// source, so it is retryable when `err` was.
+pub(crate) fn not_sent(err: &ThreadStoreError) -> ThreadStoreError {
+    let message = format!("not sent, because an earlier part of the batch failed: {err}");
+    match err.clone() {
+        ThreadStoreError::Unavailable { source, .. } => {
+            ThreadStoreError::Unavailable { message, source }
+        }
+        ThreadStoreError::Timeout { source, .. } => ThreadStoreError::Timeout { message, source },
+        ThreadStoreError::Authentication { source, .. } => {
+            ThreadStoreError::Authentication { message, source }
+        }
+        ThreadStoreError::Backend { source, .. } => ThreadStoreError::Backend { message, source },
+        _ => ThreadStoreError::backend(message),
+    }
+}
+
+/// The error of a batch item that got no result, which would be a bug.
+pub(crate) fn missing_result() -> ThreadStoreError {
+    ThreadStoreError::backend("a request of the batch got no result")
 }
 
 #[cfg(test)]

@@ -95,6 +95,22 @@ impl KeySpace {
         format!("{}:idx:expiring", self.prefix)
     }
 
+    /// The open threads, as `kind\0id`.
+    pub(crate) fn open_by_kind(&self) -> String {
+        format!("{}:idx:open:kind", self.prefix)
+    }
+
+    /// The open threads with a parent, as `parent\0kind\0id`.
+    pub(crate) fn open_by_parent(&self) -> String {
+        format!("{}:idx:open:parent", self.prefix)
+    }
+
+    /// The keys every write script takes first: the expiry set and the open
+    /// index (by kind, by parent).
+    pub(crate) fn shared(&self) -> [String; 3] {
+        [self.expiring(), self.open_by_kind(), self.open_by_parent()]
+    }
+
     /// The threads of one kind.
     pub(crate) fn idx_kind(&self, kind: &str) -> String {
         format!("{}:idx:kind:{}", self.prefix, encode(kind))

@@ -38,9 +38,24 @@
 //! [`RedisStore::connect`] takes `redis://[user][:password@]host[:port][/db]`
 //! (ACL user and password, or just a password), `rediss://…` for TLS with the
 //! crate feature `tls` (without it, `rediss://` is refused with an error that
-//! says so), or `redis+unix:///path`. A `?prefix=P` parameter sets the key
-//! prefix (default [`DEFAULT_PREFIX`]). [`RedisStoreOptions`] sets the connect
-//! and response timeouts, the reconnection policy and the retention.
+//! names the feature to enable), or `redis+unix:///path`.
+//!
+//! Query parameters:
+//!
+//! | parameter | meaning | example |
+//! |---|---|---|
+//! | `prefix` | the key prefix (default [`DEFAULT_PREFIX`]) | `?prefix=myapp` |
+//! | `retention` | how long a finished thread is kept after its last write: a positive whole number and a unit, `ms`, `s`, `m`, `h` or `d`; a bare number is seconds (default: kept until deleted) | `?retention=7d` |
+//! | `protocol` | passed to `redis-rs`: `resp2` (default) or `resp3` | `?protocol=resp3` |
+//! | `db`, `user`, `pass` | passed to `redis-rs`, for `redis+unix://` only | `?db=2` |
+//!
+//! Any other parameter is refused with an error that names it, so a typo
+//! such as `?prefx=…` never falls back to the shared default prefix
+//! silently. The URL's parameters override the same fields of
+//! [`RedisStoreOptions`], which also sets the connect and response
+//! timeouts and the reconnection policy. So `task_core::store::open(
+//! "redis://127.0.0.1:6379/0?prefix=myapp&retention=7d")` opens a store
+//! under `myapp` that keeps finished tasks for a week.
 //!
 //! The store runs on one `redis::aio::ConnectionManager`: a multiplexed
 //! connection shared by every clone of the store, that reconnects by itself.
@@ -92,29 +107,45 @@
 //! | `P:idx:kind:E(kind)` | sorted set | ids of one kind, score 0 |
 //! | `P:idx:parent:E(parent)` | sorted set | ids of one parent, score 0 |
 //! | `P:idx:pk:E(parent):E(kind)` | sorted set | ids of one parent and kind, score 0 |
+//! | `P:idx:open:kind` | sorted set | `kind\0id` of every open thread (finished mark not set), score 0 |
+//! | `P:idx:open:parent` | sorted set | `parent\0kind\0id` of every open thread with a parent, score 0 |
 //! | `P:idx:expiring` | sorted set | `id\nkind\nparent` of finished threads with a TTL, scored by their expiry time (ms) |
 //!
 //! The three keys of a thread share the hash tag `{E(id)}`, so they live in
-//! one slot. Index members are the raw ids, all with score 0, so
+//! one slot. The open index is kept exact in the same script as the finished
+//! mark: every write that sets the mark removes the thread's entries, every
+//! write that clears it (or creates or saves an open thread) adds them, and
+//! `delete` removes them with the thread; `\0` cannot occur in an id, kind
+//! or parent (control characters are refused) and sorts before every other
+//! byte, so one kind's, one parent's, or one parent and kind's open threads
+//! are one range in id order, and an open listing costs the open threads,
+//! never the finished ones. Index members are the raw ids, all with score 0, so
 //! `ZRANGEBYLEX` returns them in ascending byte order and the listing cursor
 //! (the last id seen) is an exclusive `(` bound.
 //!
 //! # Scripts and round trips
 //!
-//! All data goes to the scripts through `ARGV`, never into their source; the
-//! scripts are loaded on connect (`SCRIPT LOAD`) and run by SHA1, reloaded
-//! when the server answers `NOSCRIPT` (after a restart). Each script checks
-//! the types of its keys before its first write, because Redis does not roll
-//! a script back when a command fails half-way.
+//! The scripts live in `src/lua/` beside the crate's modules, each file
+//! prefixed with a shared prelude (`prelude.lua`: the server's clock, calls
+//! in slices, type checks, retention and the message rules every write
+//! shares). All data goes to the scripts through `ARGV`, never into their
+//! source; the scripts are loaded on connect (`SCRIPT LOAD`) and run by
+//! SHA1, reloaded when the server answers `NOSCRIPT` (after a restart). Each
+//! script checks the types of its keys before its first write, because
+//! Redis does not roll a script back when a command fails half-way.
+//! `create` is a `create_batch` of one and `append` an `append_batch` of
+//! one, so each rule of a write is written once.
 //!
 //! | operation | round trips | what runs |
 //! |---|---|---|
-//! | `create`, `save` | 1 | the write script: existence or version check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
-//! | `append` | 1 | the write script on the thread's three keys (indexes do not change) |
-//! | `append_batch` | 1 per 1024 appends | one pipeline of runs of the batch append script, each applying up to 128 appends (the further appends of a thread join the run of its first, in order), each all or nothing on its own with the write script's checks: the head read with one `HMGET`, a message id looked up with one `HEXISTS` (or the item's ids with one `HMGET`), one `HSET` each of log, mids and head, the TTLs as the write script sets them, and the expiry set written once per run (a second round only for scripts the server had forgotten) |
+//! | `create` | 1 | the batch create script with one thread |
+//! | `save` | 1 | the save script: existence check, head, messages with id de-duplication, finished mark and TTL, and the index entries (a `save` that changes kind or parent re-runs once with the old index keys) |
+//! | `append` | 1 | the batch append script with one append, on the thread's three keys (indexes do not change) |
+//! | `append_batch` | 1 per 1024 appends | one pipeline of runs of the batch append script, each applying up to 128 appends (the further appends of a thread join the run of its first, in order), each all or nothing on its own: the head read with one `HMGET`, a message id looked up with one `HEXISTS` (or the item's ids with one `HMGET`), one `HSET` each of log, mids and head, the TTLs of the retention, and the expiry set written once per run (a second round only for scripts the server had forgotten) |
 //! | `create_batch` | 1 per 1024 threads | one pipeline of runs of the batch create script, each creating up to 128 threads, each thread all or nothing on its own: the index keys' types checked once per run, one `EXISTS` proving the run's threads fresh, one `HSET` each of a thread's head, log and mids, one `ZADD` per index key for the whole run (a second round only for scripts the server had forgotten) |
 //! | `load` | 1 | `HMGET` of the head |
 //! | `load_messages` | 1 | a read script: head check and `HMGET` of the page |
+//! | `list_threads` with `open_only` | 1 | a read script on the open index: one `ZRANGEBYLEX` for a kind or a parent and kind, one per kind (found by jumping from kind to kind) for a parent or for every open thread |
 //! | `list_threads` | 2 (+1) | `ZRANGEBYLEX` of the index, a pipeline of `HMGET kind parent` to drop entries of gone threads (+ a prune script when there were any) |
 //! | `delete` | 1 + 1 per index | a script deleting the thread's keys, then a conditional prune of each of its index entries |
 //! | [`sweep_expired`](RedisStore::sweep_expired) | 2 + 1 per index touched | the due entries of the expiry set, a conditional prune per index, then forgetting the swept entries |
@@ -180,11 +211,19 @@
 //!   slowest write you make (a change set with many large messages) and well
 //!   below the time your callers can wait.
 
+mod batch;
+mod codec;
+mod conn;
 mod error;
 mod keys;
+mod listing;
 mod options;
+mod reply;
+mod retention;
 mod scripts;
+mod signals;
 mod store;
+mod url;
 
 pub use options::{DEFAULT_PREFIX, RedisStoreOptions};
 pub use store::RedisStore;

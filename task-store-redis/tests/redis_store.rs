@@ -60,6 +60,8 @@ async fn ids_with_tag_and_glob_characters_stay_in_one_tag_under_the_prefix() {
         vec![
             format!("{prefix}:idx:all"),
             format!("{prefix}:idx:kind:task"),
+            format!("{prefix}:idx:open:kind"),
+            format!("{prefix}:idx:open:parent"),
             format!("{prefix}:idx:parent:own%3Aer%7B1%7D"),
             format!("{prefix}:idx:pk:own%3Aer%7B1%7D:task"),
             format!("{prefix}:{tag}:head"),
@@ -105,6 +107,34 @@ async fn the_url_prefix_parameter_sets_the_prefix() {
 }
 
 #[tokio::test]
+async fn the_url_retention_parameter_sets_the_retention() {
+    let test = "the_url_retention_parameter_sets_the_retention";
+    let Some(url) = task_testkit::redis_server::shared_redis_url(test) else {
+        return;
+    };
+    let prefix = unique_prefix(test);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = RedisStore::connect(&format!("{url}{separator}prefix={prefix}&retention=1h"))
+        .await
+        .expect("connect");
+    assert_eq!(store.options().retention, Some(Duration::from_secs(3600)));
+    let mut finished = Thread::new("t", "task");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+    let mut conn = raw(&url).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:{{t}}:head"))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "a finished thread expires after the URL's retention: {ttl}"
+    );
+    purge(&url, &prefix).await;
+}
+
+#[tokio::test]
 async fn bad_prefixes_and_urls_are_refused_before_connecting() {
     for (url, options) in [
         (
@@ -116,6 +146,14 @@ async fn bad_prefixes_and_urls_are_refused_before_connecting() {
             RedisStoreOptions::default().with_prefix("{tag}"),
         ),
         ("not a url", RedisStoreOptions::default()),
+        (
+            "redis://127.0.0.1:1/?prefx=typo",
+            RedisStoreOptions::default(),
+        ),
+        (
+            "redis://127.0.0.1:1/?retention=7w",
+            RedisStoreOptions::default(),
+        ),
         ("http://127.0.0.1:1/", RedisStoreOptions::default()),
     ] {
         let err = RedisStore::connect_with(url, options)
@@ -341,6 +379,124 @@ async fn retention_sets_a_ttl_on_finished_threads_and_clearing_the_mark_removes_
         .await
         .expect("reopen");
     assert_eq!(ttls(&mut conn).await, vec![-1, -1, -1], "reopened: no TTL");
+    purge(&url, &prefix).await;
+}
+
+/// The members of a sorted set, in order.
+async fn members(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("ZRANGE")
+}
+
+#[tokio::test]
+async fn the_open_index_holds_exactly_the_open_threads_through_every_write() {
+    let test = "the_open_index_holds_exactly_the_open_threads_through_every_write";
+    let Some(store) = shared_store(test).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let mut conn = raw(&url).await;
+    let prefix = store.prefix().to_owned();
+    let (by_kind, by_parent) = (
+        format!("{prefix}:idx:open:kind"),
+        format!("{prefix}:idx:open:parent"),
+    );
+    let mut threads = Vec::new();
+    for i in 0..6 {
+        let mut thread = Thread::new(format!("t{i}"), "task").with_parent("p");
+        thread.terminal = i % 2 == 1;
+        threads.push(thread);
+    }
+    threads.push(Thread::new("lone", "job"));
+    for result in store.create_batch(threads).await {
+        result.expect("created");
+    }
+    assert_eq!(
+        members(&mut conn, &by_kind).await,
+        ["job\0lone", "task\0t0", "task\0t2", "task\0t4"]
+    );
+    assert_eq!(
+        members(&mut conn, &by_parent).await,
+        ["p\0task\0t0", "p\0task\0t2", "p\0task\0t4"]
+    );
+
+    // Finish one, reopen a finished one, reparent one, delete one.
+    let finish = |id: &str, terminal: bool| AppendRequest {
+        id: id.to_owned(),
+        changes: ChangeSet::default().with_terminal(terminal),
+        precondition: VersionPrecondition::Any,
+    };
+    for result in store
+        .append_batch(vec![finish("t0", true), finish("t1", false)])
+        .await
+    {
+        result.expect("appended");
+    }
+    store
+        .save(Thread::new("t2", "task").with_parent("q"))
+        .await
+        .expect("save");
+    store.delete("t4").await.expect("delete");
+    assert_eq!(
+        members(&mut conn, &by_kind).await,
+        ["job\0lone", "task\0t1", "task\0t2"]
+    );
+    assert_eq!(
+        members(&mut conn, &by_parent).await,
+        ["p\0task\0t1", "q\0task\0t2"]
+    );
+    assert_eq!(
+        store
+            .list_all_threads(ThreadQuery::default().open_only())
+            .await
+            .expect("list"),
+        ["lone", "t1", "t2"]
+    );
+
+    // Finished threads expire and are swept; the open ones stay listed.
+    let store = RedisStore::connect_with(
+        &url,
+        RedisStoreOptions::default()
+            .with_prefix(&prefix)
+            .with_retention(Some(Duration::from_millis(1)))
+            .with_sweep_interval(None),
+    )
+    .await
+    .expect("connect with a retention");
+    store
+        .append(
+            "t1",
+            ChangeSet::default().with_terminal(true),
+            VersionPrecondition::Any,
+        )
+        .await
+        .expect("finish t1");
+    // Wait for the server to expire it (1 ms), by asking it.
+    let mut expired = false;
+    for _ in 0..10_000 {
+        if store.load("t1").await.expect("load").is_none() {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "the server expired the finished thread");
+    store.sweep_expired(100).await.expect("sweep");
+    for index in ["all", "kind:task", "parent:p", "pk:p:task"] {
+        let listed = members(&mut conn, &format!("{prefix}:idx:{index}")).await;
+        assert!(
+            !listed.iter().any(|m| m == "t1"),
+            "{index} still lists the expired thread: {listed:?}"
+        );
+    }
+    assert_eq!(
+        members(&mut conn, &by_kind).await,
+        ["job\0lone", "task\0t2"]
+    );
     purge(&url, &prefix).await;
 }
 
