@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Arguments: URL, instance id, owner, shape (`flat N`: N independent tasks,
-//! half of them resumable `agent_run`s; `tree N`: a root with N children),
-//! N. It prints `READY <id>,<id>,...` once every task is durable, then
+//! half of them resumable `agent_run`s; `tree N`: a root with N children;
+//! `jobs N`: N tasks submitted to the handler of type `job`, which saves a
+//! checkpoint and runs until cancelled, so that another process with the
+//! same handler resumes them), N. It prints `READY <id>,<id>,...` once every task is durable, then
 //! `FINISHED <id> <status>` for each task as it ends (after the outcome is
 //! durable). The cross-process tests of task-core drive it.
 
@@ -19,15 +21,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use task_core::{
-    BackgroundTaskManager, RunCancellationToken, SpawnParams, TaskEventKind, TaskResult, TaskStore,
-    new_task_id,
+    BackgroundTaskManager, RunCancellationToken, SpawnParams, TaskEventKind, TaskPolicy,
+    TaskRequest, TaskResult, TaskStore, new_task_id,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, instance, owner, shape, count] = args.as_slice() else {
-        return Err("usage: redis_worker <url> <instance-id> <owner> <flat|tree> <count>".into());
+        return Err(
+            "usage: redis_worker <url> <instance-id> <owner> <flat|tree|jobs> <count>".into(),
+        );
     };
     let count: usize = count.parse()?;
     let store = task_core::store::open(url).await?;
@@ -36,6 +40,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .instance_id(instance.as_str())
         .lease(Duration::from_secs(2), Duration::from_millis(500))
         .control_poll_interval(Duration::from_millis(50))
+        .policy("job", TaskPolicy::default().with_resumable(true))
+        .handler("job", |ctx| async move {
+            if ctx.attempt() == 1 {
+                let checkpoint = json!({ "step": 1, "by": "worker" });
+                if ctx.checkpoint(checkpoint).is_err() {
+                    return TaskResult::Failed("the checkpoint was refused".into());
+                }
+                // Tells the worker the checkpoint is queued.
+                ctx.emit(json!("checkpointed"));
+            }
+            ctx.cancelled().await;
+            TaskResult::Stopped
+        })
         .build();
     let mut events = manager.subscribe();
 
@@ -77,7 +94,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        other => return Err(format!("unknown shape {other:?}: flat or tree").into()),
+        "jobs" => {
+            for _ in 0..count {
+                ids.push(
+                    manager
+                        .submit(TaskRequest::new(owner.as_str(), "job"))
+                        .await?,
+                );
+            }
+            // Every job has queued its checkpoint before READY's flush.
+            let mut checkpointed = 0;
+            while checkpointed < count {
+                if let TaskEventKind::Output(_) = events.recv().await?.kind {
+                    checkpointed += 1;
+                }
+            }
+        }
+        other => return Err(format!("unknown shape {other:?}: flat, tree or jobs").into()),
     }
     manager.flush().await;
     println!("READY {}", ids.join(","));

@@ -18,7 +18,7 @@ use crate::manager::core::{Core, interrupted};
 use crate::protocol::{
     INSTANCE_KIND, InstanceRecord, TASK_KIND, instance_of_thread, instance_thread, task_of_thread,
 };
-use crate::records::{Known, LOAD_CONCURRENCY, Plan, VersionedRecord, audit_message};
+use crate::records::{Known, LOAD_CONCURRENCY, Plan, audit_message};
 use crate::state::{Outcome, TaskRecord, Transition, apply};
 use crate::{TaskError, TaskId, TaskStatus, TaskStore};
 
@@ -142,6 +142,11 @@ pub(crate) async fn recover(
                     judge(core, leases, &expiries, record)
                 }
                 Err(TaskError::Corrupt { reason, .. }) => Verdict::Repair(reason),
+                // The store itself cannot decode the thread (its state is
+                // too deep for its parser, say).
+                Err(TaskError::Store(ThreadStoreError::Corrupt { reason, .. })) => {
+                    Verdict::Repair(reason)
+                }
                 Err(e) => Verdict::Error(e.to_string()),
             };
             decided.push((task_id, verdict));
@@ -303,7 +308,10 @@ async fn recover_one(
 
 /// Replaces a record that cannot be parsed with a `failed` one that says
 /// why, keeping its log, so no record stays open (or `running`) forever
-/// because nobody can read it.
+/// because nobody can read it. The owner is taken from the thread's parent
+/// when the store can still read the thread's head; when even that fails,
+/// the replacement names no owner (no owner can ask for it), and it still
+/// leaves the index of open records.
 async fn repair(
     core: &Core,
     store: &TaskStore,
@@ -311,15 +319,24 @@ async fn repair(
     reason: &str,
 ) -> Result<(), TaskError> {
     let thread_id = TaskStore::thread_id(task_id);
-    let Some(head) = store.thread_store().load(&thread_id).await? else {
-        return Ok(());
+    let (owner, precondition) = match store.thread_store().load(&thread_id).await {
+        Ok(None) => return Ok(()),
+        Ok(Some(head)) => {
+            if crate::records::decode(task_id, head.clone()).is_ok() {
+                // Someone fixed it meanwhile.
+                return Ok(());
+            }
+            (
+                head.parent_id.clone().unwrap_or_default(),
+                task_store::VersionPrecondition::Exact(head.version),
+            )
+        }
+        Err(ThreadStoreError::Corrupt { .. }) => {
+            (String::new(), task_store::VersionPrecondition::Any)
+        }
+        Err(e) => return Err(e.into()),
     };
-    if crate::records::decode(task_id, head.clone()).is_ok() {
-        // Someone fixed it meanwhile.
-        return Ok(());
-    }
     let now = core.clock.now_ms();
-    let owner = head.parent_id.clone().unwrap_or_default();
     let record = TaskRecord {
         status: TaskStatus::Failed,
         error: Some(format!(
@@ -336,10 +353,6 @@ async fn repair(
             now,
         )
     };
-    let found = VersionedRecord {
-        record: record.clone(),
-        version: head.version,
-    };
     let transition = Transition::Finish {
         attempt: record.attempt,
         holder: None,
@@ -355,11 +368,7 @@ async fn repair(
     };
     match store
         .thread_store()
-        .append(
-            &thread_id,
-            changes,
-            task_store::VersionPrecondition::Exact(found.version),
-        )
+        .append(&thread_id, changes, precondition)
         .await
     {
         Ok(_) => Ok(()),
