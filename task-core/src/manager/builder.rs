@@ -229,6 +229,18 @@ impl BackgroundTaskManagerBuilder {
 
     /// How long a cancelled task may keep running before it is dropped and
     /// recorded `cancelled` (default [`DEFAULT_CANCEL_GRACE`]).
+    ///
+    /// Dropping is tokio's abort: it takes effect at the task's next
+    /// `.await`. A task that never yields (a tight CPU loop, a blocking
+    /// call) cannot be preempted: after the grace it is *recorded* as
+    /// dropped while its code keeps running on its worker thread (run such
+    /// work with `spawn_blocking` and check the token). A runtime whose
+    /// workers are all blocked behaves like a paused process: its lease
+    /// renewals stop, other processes recover its tasks after the lease
+    /// runs out, and its late finishes are then refused by the state
+    /// machine; the task's summary shows that refusal in its
+    /// `persistence_error` ("… no longer holds the task …"), so the
+    /// disagreement between this process and the store is visible.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
         self
@@ -262,6 +274,10 @@ impl BackgroundTaskManagerBuilder {
     /// reaches subscribers but not the store (see
     /// [`TaskContext::try_emit`](crate::TaskContext::try_emit)). So the
     /// outbox holds at most `limit` writes plus one finish per running task.
+    ///
+    /// A task's queued writes go out at most 32 at a time (one write to the
+    /// store per 32 outputs), so on a slow store a chatty task's output
+    /// backlog waits in memory: the limit bounds it too.
     pub fn outbox_limit(mut self, limit: usize, when_full: OutboxFull) -> Self {
         self.outbox_limit = limit;
         self.when_full = when_full;
@@ -289,8 +305,9 @@ impl BackgroundTaskManagerBuilder {
     /// The largest result (in bytes of its JSON encoding) a task may return
     /// when a task store is used (default: no limit). A larger result ends
     /// the task `failed` with an error that says so, and nothing that large
-    /// is written: on Redis one very large value delays every other write
-    /// (and lease renewals) behind it.
+    /// is written. Set it with Redis: Redis runs one command at a time, so
+    /// one very large value (10 MB, say) delays every other write of every
+    /// process, lease renewals included, for as long as it takes to move.
     pub fn max_result_bytes(mut self, limit: usize) -> Self {
         self.max_result_bytes = Some(limit);
         self
