@@ -189,7 +189,7 @@ pub struct SpawnParams {
     pub description: String,
     /// The task that spawns it, for [`cancel_tree`](crate::BackgroundTaskManager::cancel_tree).
     pub parent_task_id: Option<TaskId>,
-    /// Free-form metadata (JSON), at most [`MAX_METADATA_BYTES`] encoded.
+    /// Free-form metadata (JSON), at most [`MAX_METADATA_BYTES`](crate::MAX_METADATA_BYTES) encoded.
     pub metadata: Value,
 }
 

@@ -236,7 +236,7 @@ impl BackgroundTaskManager {
     }
 
     /// The last progress report of one of the owner's tasks held here
-    /// ([`TaskContext::progress`]), while it runs and after; `None` when it
+    /// ([`TaskContext::progress`](crate::TaskContext::progress)), while it runs and after; `None` when it
     /// reported none (or the owner has no such task here). Progress is live
     /// state: it is not written to the store.
     pub async fn progress(&self, owner: &str, task_id: &str) -> Option<crate::Progress> {
