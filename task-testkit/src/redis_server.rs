@@ -543,7 +543,7 @@ fn skip_or_fail(test_name: &str) {
 }
 
 /// Picks a port that was free a moment ago by binding port 0 and releasing it.
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }
