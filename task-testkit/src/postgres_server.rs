@@ -377,10 +377,14 @@ impl PostgresServer {
     fn initdb(&self, builder: &PostgresServerBuilder) -> io::Result<()> {
         let data = self.data_dir();
         let mut initdb = self.command("initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync"]);
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         match &builder.password {
             Some(password) => {
                 let pwfile = self.dir.path().join("pwfile");
@@ -653,10 +657,7 @@ pub fn shared_postgres_url(test_name: &str) -> Option<String> {
     static SHARED: OnceLock<Option<PostgresServer>> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            private_server_or_skip(
-                test_name,
-                PostgresServer::builder().config("fsync", "off"),
-            )
+            private_server_or_skip(test_name, PostgresServer::builder().config("fsync", "off"))
         })
         .as_ref()
         .map(PostgresServer::url)
@@ -733,9 +734,10 @@ mod tests {
 
     #[test]
     fn a_hard_stop_and_restart_keep_committed_data_on_the_same_port() {
-        let Some(mut server) =
-            private_server_or_skip("harness stop -m immediate and restart", PostgresServer::builder())
-        else {
+        let Some(mut server) = private_server_or_skip(
+            "harness stop -m immediate and restart",
+            PostgresServer::builder(),
+        ) else {
             return;
         };
         let port = server.port();
@@ -761,7 +763,11 @@ mod tests {
         ) else {
             return;
         };
-        assert!(server.url().contains(":s3cret@127.0.0.1:"), "{}", server.url());
+        assert!(
+            server.url().contains(":s3cret@127.0.0.1:"),
+            "{}",
+            server.url()
+        );
         let method = server
             .psql("SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' LIMIT 1")
             .expect("pg_hba rules");

@@ -1,0 +1,158 @@
+//! What goes into the statements and what comes out of the rows: JSON as
+//! exact text, message lists without repeated ids, and rows decoded into
+//! the contract's types, where a malformed row is `Corrupt` for its thread.
+
+use serde::Serialize;
+use serde_json::Value;
+use task_store::{Message, Metadata, NewMessage, Result, ThreadHead, ThreadStoreError};
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+
+/// `value` as compact JSON text, stored as it is (in a `json` column),
+/// so that it reads back equal.
+pub(crate) fn to_json<T: Serialize + ?Sized>(id: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|err| {
+        ThreadStoreError::invalid_input(format!(
+            "thread '{id}': a value cannot be written as JSON: {err}"
+        ))
+    })
+}
+
+/// The messages of one write as the statements take them: repeated ids
+/// within the list dropped (the first one stays), bodies as JSON text.
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
+    /// Each message's id, if it has one.
+    pub(crate) ids: Vec<Option<String>>,
+    /// Each message's body.
+    pub(crate) bodies: Vec<String>,
+    /// How many were dropped as repeats within the list.
+    pub(crate) repeats: u64,
+}
+
+impl Outgoing {
+    /// Encodes `messages` of thread `thread`.
+    pub(crate) fn new(thread: &str, messages: Vec<NewMessage>) -> Result<Self> {
+        let mut out = Self::default();
+        let mut seen = std::collections::HashSet::new();
+        for message in messages {
+            if let Some(id) = &message.id
+                && !seen.insert(id.clone())
+            {
+                out.repeats += 1;
+                continue;
+            }
+            out.bodies.push(to_json(thread, &message.body)?);
+            out.ids.push(message.id);
+        }
+        Ok(out)
+    }
+
+    /// How many messages go to the statement.
+    pub(crate) fn len(&self) -> u64 {
+        self.bodies.len() as u64
+    }
+}
+
+/// A column of `row`, or `Corrupt` for thread `id` when it cannot be read
+/// as a `T` (a `NULL` where none belongs, say).
+pub(crate) fn column<'r, T: FromSql<'r>>(id: &str, row: &'r Row, index: usize) -> Result<T> {
+    row.try_get(index).map_err(|err| {
+        ThreadStoreError::corrupt(
+            id,
+            format!(
+                "column {} of its row cannot be read: {err}",
+                row.columns()
+                    .get(index)
+                    .map_or("?", tokio_postgres::Column::name)
+            ),
+        )
+    })
+}
+
+/// A stored count (a version, a sequence number) as `u64`.
+pub(crate) fn count(id: &str, what: &str, value: i64) -> Result<u64> {
+    u64::try_from(value)
+        .map_err(|_| ThreadStoreError::corrupt(id, format!("its {what} is negative ({value})")))
+}
+
+/// A `u64` from the contract as the `bigint` the tables hold. Versions and
+/// sequence numbers never reach `i64::MAX`; a larger value saturates, and
+/// then matches no stored one.
+pub(crate) fn bigint(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn parse(id: &str, what: &str, text: &str) -> Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|err| ThreadStoreError::corrupt(id, format!("its {what} is not JSON: {err}")))
+}
+
+/// Decodes a head row: `kind, parent_id, metadata, state, version,
+/// last_seq, terminal` (the JSON columns as text).
+pub(crate) fn head(id: &str, row: &Row) -> Result<ThreadHead> {
+    let metadata = match parse(id, "metadata", column(id, row, 2)?)? {
+        Value::Object(map) => map,
+        other => {
+            return Err(ThreadStoreError::corrupt(
+                id,
+                format!("its metadata is not a JSON object: {other}"),
+            ));
+        }
+    };
+    Ok(ThreadHead {
+        id: id.to_owned(),
+        kind: column(id, row, 0)?,
+        parent_id: column(id, row, 1)?,
+        metadata: Metadata::from(metadata),
+        state: parse(id, "state", column(id, row, 3)?)?,
+        version: count(id, "version", column(id, row, 4)?)?,
+        last_seq: count(id, "last sequence number", column(id, row, 5)?)?,
+        terminal: column(id, row, 6)?,
+    })
+}
+
+/// Decodes a message from the columns `seq, message_id, body` of `row`,
+/// starting at column `first`.
+pub(crate) fn message(id: &str, row: &Row, first: usize) -> Result<Message> {
+    Ok(Message {
+        seq: count(id, "message sequence number", column(id, row, first)?)?,
+        id: column(id, row, first + 1)?,
+        body: parse(id, "message body", column(id, row, first + 2)?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn repeated_message_ids_within_a_list_keep_the_first() {
+        let out = Outgoing::new(
+            "t",
+            vec![
+                NewMessage::with_id("a", json!(1)),
+                NewMessage::new(json!(2)),
+                NewMessage::with_id("a", json!(3)),
+                NewMessage::new(json!(4)),
+            ],
+        )
+        .expect("encodes");
+        assert_eq!(out.bodies, ["1", "2", "4"]);
+        assert_eq!(out.ids, [Some("a".to_owned()), None, None]);
+        assert_eq!((out.len(), out.repeats), (3, 1));
+    }
+
+    #[test]
+    fn counts_refuse_negative_values_and_bigints_saturate() {
+        assert_eq!(count("t", "version", 3).expect("positive"), 3);
+        let err = count("t", "version", -1).expect_err("negative");
+        assert!(
+            matches!(&err, ThreadStoreError::Corrupt { id, .. } if id == "t"),
+            "{err:?}"
+        );
+        assert_eq!(bigint(u64::MAX), i64::MAX);
+        assert_eq!(bigint(7), 7);
+    }
+}
