@@ -21,6 +21,15 @@ pub(crate) const SCHEMA_VERSION: i32 = 1;
 /// from version `n - 1` to `n` (from nothing, for version 1).
 const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [include_str!("schema.sql")];
 
+/// Whether the schema `$1` has its version table. Read from the catalog
+/// tables with the statement's snapshot, so that it sees a migration that
+/// committed while this session waited for the migration lock (name lookups
+/// such as `to_regclass` may answer from a cache that has not seen it yet).
+const VERSION_TABLE_EXISTS: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1::text AND c.relname = 'schema_version')";
+
 /// A schema name as an SQL identifier. The name was checked by
 /// `validate_schema` (plain lowercase identifier characters), so quoting
 /// it cannot change its meaning; the quotes keep keywords usable.
@@ -39,8 +48,8 @@ pub(crate) async fn migrate(client: &mut Object, schema: &str) -> Result<(), Thr
     let version_table = format!("{}.schema_version", quoted(schema));
     let row = client
         .query_one(
-            "SELECT current_setting('server_encoding'), to_regclass($1::text) IS NOT NULL",
-            &[&version_table],
+            &format!("SELECT current_setting('server_encoding'), ({VERSION_TABLE_EXISTS})"),
+            &[&schema],
         )
         .await
         .map_err(|e| Failure::general(Fault::Pg(e)))?;
