@@ -101,9 +101,10 @@ async fn assert_all_completed_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_states_survive_a_hard_stop_and_restart_of_postgres() {
     let test = "terminal_states_survive_a_hard_stop";
-    // PostgreSQL's default durability settings: nothing acknowledged may be
-    // lost to the crash.
-    let Some(mut server) = private_server_or_skip(test, PostgresServer::builder()) else {
+    // The disk's own durability (`fsync = on`, PostgreSQL's default), as in
+    // production: nothing acknowledged may be lost to the crash.
+    let builder = PostgresServer::builder().config("fsync", "on");
+    let Some(mut server) = private_server_or_skip(test, builder) else {
         return;
     };
     let store: Arc<dyn ThreadStore> = Arc::new(
@@ -169,9 +170,7 @@ async fn terminal_states_survive_a_hard_stop_and_restart_of_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_terminated_mid_run_lose_nothing() {
     let test = "sessions_terminated_mid_run";
-    let Some(server) =
-        private_server_or_skip(test, PostgresServer::builder().config("fsync", "off"))
-    else {
+    let Some(server) = private_server_or_skip(test, PostgresServer::builder()) else {
         return;
     };
     let name = "terminated_manager";

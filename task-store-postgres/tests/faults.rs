@@ -5,14 +5,6 @@
 
 mod support;
 
-/// The private servers of these tests: `fsync = off`, since they crash the
-/// server's processes, never the machine (the WAL reaches the OS at every
-/// commit either way), and so a restart skips syncing the whole data
-/// directory, which takes seconds here.
-fn server() -> PostgresServerBuilder {
-    PostgresServer::builder().config("fsync", "off")
-}
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,16 +16,14 @@ use task_store::{
     VersionPrecondition,
 };
 use task_store_postgres::{PostgresStore, PostgresStoreOptions};
-use task_testkit::postgres_server::{
-    PostgresServer, PostgresServerBuilder, private_server_or_skip, unique_schema,
-};
+use task_testkit::postgres_server::{PostgresServer, private_server_or_skip, unique_schema};
 
 use support::{fast_options, named, raw, shared_store_with, terminate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_stop_fails_calls_at_once_and_the_store_recovers_after_restart() {
     let test = "a_hard_stop_fails_calls_at_once";
-    let Some(mut server) = private_server_or_skip(test, server()) else {
+    let Some(mut server) = private_server_or_skip(test, PostgresServer::builder()) else {
         return;
     };
     let store = PostgresStore::connect_with(
@@ -89,7 +79,7 @@ async fn a_hard_stop_fails_calls_at_once_and_the_store_recovers_after_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_terminated_mid_run_lose_no_write_and_write_nothing_twice() {
     let test = "connections_terminated_mid_run";
-    let Some(server) = private_server_or_skip(test, server()) else {
+    let Some(server) = private_server_or_skip(test, PostgresServer::builder()) else {
         return;
     };
     let name = "terminated_mid_run";
@@ -254,7 +244,7 @@ fn signal_process(signal: &str, pid: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_process_that_stops_answering_is_a_timeout_not_a_hang() {
     let test = "a_server_process_that_stops_answering";
-    let Some(server) = private_server_or_skip(test, server()) else {
+    let Some(server) = private_server_or_skip(test, PostgresServer::builder()) else {
         return;
     };
     let name = "frozen_backend";

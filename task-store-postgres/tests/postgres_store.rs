@@ -22,9 +22,7 @@ use support::{named, raw, shared_store, shared_store_with, terminate};
 fn admin_server(test: &str) -> Option<&'static PostgresServer> {
     static SERVER: OnceLock<Option<PostgresServer>> = OnceLock::new();
     SERVER
-        .get_or_init(|| {
-            private_server_or_skip(test, PostgresServer::builder().config("fsync", "off"))
-        })
+        .get_or_init(|| private_server_or_skip(test, PostgresServer::builder()))
         .as_ref()
 }
 

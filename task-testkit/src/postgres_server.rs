@@ -72,7 +72,15 @@ pub const DATABASE: &str = "postgres";
 
 /// Configures a [`PostgresServer`] before it starts. By default: the
 /// superuser [`SUPERUSER`] without a password (trust authentication),
-/// PostgreSQL's default settings, and `max_connections = 300`.
+/// PostgreSQL's default settings except `max_connections = 300` and
+/// `fsync = off`.
+///
+/// `fsync = off` loses nothing when the server's processes crash (which is
+/// what [`PostgresServer::stop_immediate`] does: every commit has written
+/// its WAL to the operating system, which keeps it), only when the machine
+/// does; and it spares each restart after a hard stop the sync of the whole
+/// data directory, seconds on a busy disk. Set `.config("fsync", "on")` to
+/// measure or test with the disk's own durability.
 #[derive(Debug, Clone, Default)]
 pub struct PostgresServerBuilder {
     password: Option<String>,
@@ -422,6 +430,7 @@ impl PostgresServer {
                 self.dir.path().display().to_string(),
             ),
             ("max_connections".to_owned(), "300".to_owned()),
+            ("fsync".to_owned(), "off".to_owned()),
             ("logging_collector".to_owned(), "off".to_owned()),
         ];
         settings.extend(builder.settings.iter().cloned());
@@ -638,9 +647,7 @@ fn server_user() -> io::Result<Option<ServerUser>> {
 /// The URL of a server that tests which neither stop it nor kill its
 /// connections can share: `DATABASE_URL` when it is set, otherwise a
 /// private server started once for the whole test binary (stopped when the
-/// binary exits). That private server runs with `fsync = off`: a crash of
-/// its processes loses nothing (the WAL is written to the OS at every
-/// commit), only a crash of the machine would. Use a fresh schema per test
+/// binary exits), with the builder's defaults. Use a fresh schema per test
 /// ([`unique_schema`]).
 ///
 /// When no server binaries exist, prints a loud skip line naming
@@ -656,9 +663,7 @@ pub fn shared_postgres_url(test_name: &str) -> Option<String> {
     }
     static SHARED: OnceLock<Option<PostgresServer>> = OnceLock::new();
     SHARED
-        .get_or_init(|| {
-            private_server_or_skip(test_name, PostgresServer::builder().config("fsync", "off"))
-        })
+        .get_or_init(|| private_server_or_skip(test_name, PostgresServer::builder()))
         .as_ref()
         .map(PostgresServer::url)
 }
