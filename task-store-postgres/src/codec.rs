@@ -21,29 +21,30 @@ pub(crate) fn to_json<T: Serialize + ?Sized>(id: &str, value: &T) -> Result<Stri
 /// The messages of one write as the statements take them: repeated ids
 /// within the list dropped (the first one stays), bodies as JSON text.
 #[derive(Debug, Default)]
-pub(crate) struct Outgoing {
+pub(crate) struct Outgoing<'a> {
     /// Each message's id, if it has one.
-    pub(crate) ids: Vec<Option<String>>,
+    pub(crate) ids: Vec<Option<&'a str>>,
     /// Each message's body.
     pub(crate) bodies: Vec<String>,
     /// How many were dropped as repeats within the list.
     pub(crate) repeats: u64,
 }
 
-impl Outgoing {
+impl<'a> Outgoing<'a> {
     /// Encodes `messages` of thread `thread`.
-    pub(crate) fn new(thread: &str, messages: Vec<NewMessage>) -> Result<Self> {
+    pub(crate) fn new(thread: &str, messages: &'a [NewMessage]) -> Result<Self> {
         let mut out = Self::default();
         let mut seen = std::collections::HashSet::new();
         for message in messages {
-            if let Some(id) = &message.id
-                && !seen.insert(id.clone())
+            let id = message.id.as_deref();
+            if let Some(id) = id
+                && !seen.insert(id)
             {
                 out.repeats += 1;
                 continue;
             }
             out.bodies.push(to_json(thread, &message.body)?);
-            out.ids.push(message.id);
+            out.ids.push(id);
         }
         Ok(out)
     }
@@ -129,18 +130,15 @@ mod tests {
 
     #[test]
     fn repeated_message_ids_within_a_list_keep_the_first() {
-        let out = Outgoing::new(
-            "t",
-            vec![
-                NewMessage::with_id("a", json!(1)),
-                NewMessage::new(json!(2)),
-                NewMessage::with_id("a", json!(3)),
-                NewMessage::new(json!(4)),
-            ],
-        )
-        .expect("encodes");
+        let messages = [
+            NewMessage::with_id("a", json!(1)),
+            NewMessage::new(json!(2)),
+            NewMessage::with_id("a", json!(3)),
+            NewMessage::new(json!(4)),
+        ];
+        let out = Outgoing::new("t", &messages).expect("encodes");
         assert_eq!(out.bodies, ["1", "2", "4"]);
-        assert_eq!(out.ids, [Some("a".to_owned()), None, None]);
+        assert_eq!(out.ids, [Some("a"), None, None]);
         assert_eq!((out.len(), out.repeats), (3, 1));
     }
 

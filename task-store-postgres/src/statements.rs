@@ -18,14 +18,14 @@ WITH input AS (
 ), created AS (
     INSERT INTO {s}.threads
         (id, kind, parent_id, metadata, state, version, last_seq, terminal, expires_at)
-    SELECT id, kind, parent_id, metadata::json, state::json, 1, last_seq, terminal,
+    SELECT id, kind, parent_id, metadata, state, 1, last_seq, terminal,
            {s}.expiry(terminal, $8::bigint)
     FROM input ORDER BY id
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 ), logged AS (
     INSERT INTO {s}.messages (thread_id, seq, message_id, body)
-    SELECT m.thread_id, m.seq, m.message_id, m.body::json
+    SELECT m.thread_id, m.seq, m.message_id, m.body
     FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[])
         AS m (thread_id, seq, message_id, body)
     WHERE m.thread_id IN (SELECT id FROM created)
@@ -45,13 +45,13 @@ FROM {s}.save_thread($1::text, $2::text, $3::text, $4::text, $5::text, $6::boole
 const DELETE: &str = "SELECT {s}.delete_thread($1::text)";
 
 const LOAD: &str = "\
-SELECT kind, parent_id, metadata::text, state::text, version, last_seq, terminal
+SELECT kind, parent_id, metadata, state, version, last_seq, terminal
 FROM {s}.threads WHERE id = $1";
 
 /// The thread's last sequence number and a page of its log: no row when
 /// there is no such thread, one row with `NULL`s for an empty page.
 const LOAD_MESSAGES: &str = "\
-SELECT t.last_seq, m.seq, m.message_id, m.body::text
+SELECT t.last_seq, m.seq, m.message_id, m.body
 FROM {s}.threads t
 LEFT JOIN LATERAL (
     SELECT x.seq, x.message_id, x.body FROM {s}.messages x

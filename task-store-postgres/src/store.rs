@@ -26,10 +26,13 @@ use crate::statements::Statements;
 use crate::{PostgresStoreOptions, schema};
 
 /// At most this many threads go into one statement of `create_batch`, and
-/// this many appends into one call of the append function. The task
-/// layer's batches are at most 512 long, so they are one statement; longer
-/// batches become several statements, pipelined on one connection.
-const CHUNK: usize = 512;
+/// this many threads' appends into one call of the append function. A
+/// batch of more becomes several statements, spread over up to one
+/// connection per core and pipelined on each, so that the server works on
+/// a large batch with all its cores (measured on 20,000 task finishes in
+/// batches of up to 512: about a quarter more tasks per second than one
+/// statement per batch).
+const CHUNK: usize = 128;
 
 /// How many expired threads one sweep deletes at a time.
 const SWEEP_BATCH: i32 = 500;
@@ -56,6 +59,9 @@ struct Inner {
     target: String,
     /// The retention in milliseconds, 0 for none.
     retention_ms: i64,
+    /// How many connections one batch may use at once: one per core, at
+    /// most the pool's size.
+    lanes: usize,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -175,6 +181,10 @@ impl PostgresStore {
                 pool,
                 target,
                 retention_ms,
+                lanes: std::thread::available_parallelism()
+                    .map_or(2, usize::from)
+                    .min(options.max_connections)
+                    .max(1),
                 options,
             }),
         };
@@ -247,15 +257,44 @@ impl PostgresStore {
         });
     }
 
-    /// Runs one prepared statement per parameter list, pipelined on one
-    /// connection, and returns each statement's rows or error. A statement
-    /// the server rolled back for a race is run again on its own (the
-    /// statements are independent: each is its own transaction, over
-    /// threads no other statement of the call touches).
+    /// Runs one prepared statement per parameter list and returns each
+    /// statement's rows or error, in order. The statements are spread over
+    /// up to [`Inner::lanes`] connections at once, pipelined on each, so
+    /// they must be independent: each is its own transaction, over threads
+    /// no other statement of the call touches. A statement the server
+    /// rolled back for a race is run again on its own.
     async fn run_each(
         &self,
         sql: &str,
         params: &[Vec<&(dyn ToSql + Sync)>],
+    ) -> Vec<Result<Vec<Row>>> {
+        let lanes = self.inner.lanes.clamp(1, params.len().max(1));
+        let runs = (0..lanes).map(|lane| {
+            let mine: Vec<&Vec<&(dyn ToSql + Sync)>> =
+                params.iter().skip(lane).step_by(lanes).collect();
+            self.run_lane(sql, mine)
+        });
+        let mut lanes_results: Vec<std::vec::IntoIter<Result<Vec<Row>>>> =
+            futures::future::join_all(runs)
+                .await
+                .into_iter()
+                .map(Vec::into_iter)
+                .collect();
+        (0..params.len())
+            .map(|i| {
+                lanes_results[i % lanes]
+                    .next()
+                    .unwrap_or_else(|| Err(missing_result()))
+            })
+            .collect()
+    }
+
+    /// Runs statements pipelined on one connection (see
+    /// [`run_each`](Self::run_each)).
+    async fn run_lane(
+        &self,
+        sql: &str,
+        params: Vec<&Vec<&(dyn ToSql + Sync)>>,
     ) -> Vec<Result<Vec<Row>>> {
         let inner = &self.inner;
         let outcome = on_connection!(inner.pool, inner.options.response_timeout, |client| {
@@ -266,7 +305,7 @@ impl PostgresStore {
                     .map(|params| client.query(&statement, params.as_slice())),
             )
             .await;
-            for (result, params) in results.iter_mut().zip(params) {
+            for (result, params) in results.iter_mut().zip(&params) {
                 let mut races = 0;
                 while races < MAX_RACE_RETRIES && result.as_ref().is_err_and(is_race) {
                     races += 1;
@@ -280,8 +319,8 @@ impl PostgresStore {
                 .into_iter()
                 .map(|r| r.map_err(|e| Failure::general(Fault::Pg(e))))
                 .collect(),
-            // The whole call failed (no connection, or no answer in time):
-            // every statement shares the error.
+            // The whole lane failed (no connection, or no answer in time):
+            // every statement of it shares the error.
             Err(fault) => {
                 let err = Failure::general(fault);
                 params.iter().map(|_| Err(err.clone())).collect()
@@ -407,14 +446,14 @@ struct CreateChunk<'a> {
     last_seqs: Vec<i64>,
     message_threads: Vec<&'a str>,
     message_seqs: Vec<i64>,
-    message_ids: Vec<Option<String>>,
+    message_ids: Vec<Option<&'a str>>,
     message_bodies: Vec<String>,
 }
 
 impl<'a> CreateChunk<'a> {
     fn push(&mut self, slot: usize, thread: &'a Thread) -> Result<()> {
         let id = thread.id.as_str();
-        let messages = Outgoing::new(id, thread.messages.clone())?;
+        let messages = Outgoing::new(id, &thread.messages)?;
         let n = messages.len();
         self.metadata.push(to_json(id, &thread.metadata)?);
         self.states.push(to_json(id, &thread.state)?);
@@ -460,55 +499,49 @@ impl<'a> CreateChunk<'a> {
     }
 }
 
-/// One append of an `append_batch` call, as it goes to the function.
+/// One append of an `append_batch` call, checked, with its new state
+/// encoded.
 struct AppendItem {
     slot: usize,
-    id: String,
-    expected: Option<u64>,
+    request: AppendRequest,
     state: Option<String>,
-    terminal: Option<bool>,
-    messages: Outgoing,
 }
 
 impl AppendItem {
     fn new(slot: usize, request: AppendRequest) -> Result<Self> {
-        let AppendRequest {
-            id,
-            changes,
-            precondition,
-        } = request;
-        validate_id("thread id", &id)?;
-        validate_messages(&changes.messages)?;
-        let ChangeSet {
-            state,
-            messages,
-            terminal,
-        } = changes;
-        let state = state.map(|s| to_json(&id, &s)).transpose()?;
-        let messages = Outgoing::new(&id, messages)?;
-        let expected = match precondition {
-            VersionPrecondition::Exact(v) => Some(v),
-            VersionPrecondition::Any => None,
-        };
+        validate_id("thread id", &request.id)?;
+        validate_messages(&request.changes.messages)?;
+        let state = request
+            .changes
+            .state
+            .as_ref()
+            .map(|s| to_json(&request.id, s))
+            .transpose()?;
         Ok(Self {
             slot,
-            id,
-            expected,
+            request,
             state,
-            terminal,
-            messages,
         })
     }
 
-    /// The result of this append from its row of the function's answer.
-    fn settle(&self, row: &Row) -> Result<Committed> {
-        let id = self.id.as_str();
+    fn expected(&self) -> Option<u64> {
+        match self.request.precondition {
+            VersionPrecondition::Exact(v) => Some(v),
+            VersionPrecondition::Any => None,
+        }
+    }
+
+    /// The result of this append from its row of the function's answer;
+    /// `sent` and `repeats` count its messages that went to the function
+    /// and those dropped before as repeats within the change set.
+    fn settle(&self, row: &Row, sent: u64, repeats: u64) -> Result<Committed> {
+        let id = self.request.id.as_str();
         let outcome: String = column(id, row, 0)?;
         match outcome.as_str() {
             "n" => Err(ThreadStoreError::NotFound { id: id.to_owned() }),
             "c" => Err(ThreadStoreError::VersionConflict {
                 id: id.to_owned(),
-                expected: self.expected.unwrap_or_default(),
+                expected: self.expected().unwrap_or_default(),
                 actual: count(id, "version", column(id, row, 1)?)?,
             }),
             "o" => {
@@ -517,7 +550,7 @@ impl AppendItem {
                     version: count(id, "version", column(id, row, 1)?)?,
                     last_seq: count(id, "last sequence number", column(id, row, 2)?)?,
                     appended,
-                    skipped: self.messages.repeats + self.messages.len().saturating_sub(appended),
+                    skipped: repeats + sent.saturating_sub(appended),
                 })
             }
             other => Err(ThreadStoreError::backend(format!(
@@ -527,35 +560,46 @@ impl AppendItem {
     }
 }
 
-/// The arrays of one call of the append function.
+/// The arrays of one call of the append function, and the appends they
+/// hold (an append whose messages cannot be encoded is left out, with its
+/// error).
 #[derive(Default)]
 struct AppendColumns<'a> {
+    /// The appends sent, with their messages sent and dropped as repeats.
+    items: Vec<(&'a AppendItem, u64, u64)>,
+    /// The appends left out, with why.
+    refused: Vec<(usize, ThreadStoreError)>,
     ids: Vec<&'a str>,
     expected: Vec<Option<i64>>,
     states: Vec<Option<&'a str>>,
     terminals: Vec<Option<bool>>,
     counts: Vec<i32>,
     message_ids: Vec<Option<&'a str>>,
-    message_bodies: Vec<&'a str>,
+    message_bodies: Vec<String>,
 }
 
 impl<'a> AppendColumns<'a> {
     fn new(items: &[&'a AppendItem]) -> Self {
         let mut columns = Self::default();
         for item in items {
-            columns.ids.push(&item.id);
-            columns.expected.push(item.expected.map(bigint));
+            let id = item.request.id.as_str();
+            let messages = match Outgoing::new(id, &item.request.changes.messages) {
+                Ok(messages) => messages,
+                Err(err) => {
+                    columns.refused.push((item.slot, err));
+                    continue;
+                }
+            };
+            columns.items.push((item, messages.len(), messages.repeats));
+            columns.ids.push(id);
+            columns.expected.push(item.expected().map(bigint));
             columns.states.push(item.state.as_deref());
-            columns.terminals.push(item.terminal);
+            columns.terminals.push(item.request.changes.terminal);
             columns
                 .counts
-                .push(i32::try_from(item.messages.bodies.len()).unwrap_or(i32::MAX));
-            columns
-                .message_ids
-                .extend(item.messages.ids.iter().map(Option::as_deref));
-            columns
-                .message_bodies
-                .extend(item.messages.bodies.iter().map(String::as_str));
+                .push(i32::try_from(messages.bodies.len()).unwrap_or(i32::MAX));
+            columns.message_ids.extend(messages.ids);
+            columns.message_bodies.extend(messages.bodies);
         }
         columns
     }
@@ -582,7 +626,7 @@ fn group_by_thread(items: &[AppendItem]) -> Vec<Vec<&AppendItem>> {
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     let mut threads_in_last = 0;
     for item in items {
-        if let Some(&group) = group_of.get(item.id.as_str()) {
+        if let Some(&group) = group_of.get(item.request.id.as_str()) {
             groups[group].push(item);
             continue;
         }
@@ -592,7 +636,7 @@ fn group_by_thread(items: &[AppendItem]) -> Vec<Vec<&AppendItem>> {
         }
         let last = groups.len() - 1;
         groups[last].push(item);
-        group_of.insert(&item.id, last);
+        group_of.insert(&item.request.id, last);
         threads_in_last += 1;
     }
     groups
@@ -782,31 +826,36 @@ impl ThreadWriter for PostgresStore {
         let columns: Vec<AppendColumns<'_>> =
             groups.iter().map(|g| AppendColumns::new(g)).collect();
         let retention_ms = self.inner.retention_ms;
-        let params: Vec<_> = columns.iter().map(|c| c.params(&retention_ms)).collect();
-        let outcomes = if groups.is_empty() {
+        let sent: Vec<&AppendColumns<'_>> =
+            columns.iter().filter(|c| !c.items.is_empty()).collect();
+        let params: Vec<_> = sent.iter().map(|c| c.params(&retention_ms)).collect();
+        let outcomes = if sent.is_empty() {
             Vec::new()
         } else {
             self.run_each(&self.inner.sql.append_batch, &params).await
         };
-        for (group, outcome) in groups.iter().zip(outcomes) {
+        for (slot, err) in columns.iter().flat_map(|c| &c.refused) {
+            results[*slot] = Some(Err(err.clone()));
+        }
+        for (call, outcome) in sent.iter().zip(outcomes) {
             match outcome {
-                Ok(rows) if rows.len() == group.len() => {
-                    for (item, row) in group.iter().zip(&rows) {
-                        results[item.slot] = Some(item.settle(row));
+                Ok(rows) if rows.len() == call.items.len() => {
+                    for ((item, sent, repeats), row) in call.items.iter().zip(&rows) {
+                        results[item.slot] = Some(item.settle(row, *sent, *repeats));
                     }
                 }
                 Ok(rows) => {
                     let err = ThreadStoreError::backend(format!(
                         "the append function answered {} rows for {} appends",
                         rows.len(),
-                        group.len()
+                        call.items.len()
                     ));
-                    for item in group {
+                    for (item, _, _) in &call.items {
                         results[item.slot] = Some(Err(err.clone()));
                     }
                 }
                 Err(err) => {
-                    for item in group {
+                    for (item, _, _) in &call.items {
                         results[item.slot] = Some(Err(err.clone()));
                     }
                 }
@@ -823,8 +872,7 @@ impl ThreadWriter for PostgresStore {
         let id = thread.id.as_str();
         let metadata = to_json(id, &thread.metadata)?;
         let state = to_json(id, &thread.state)?;
-        let messages = Outgoing::new(id, thread.messages.clone())?;
-        let message_ids: Vec<Option<&str>> = messages.ids.iter().map(Option::as_deref).collect();
+        let messages = Outgoing::new(id, &thread.messages)?;
         let retention_ms = self.inner.retention_ms;
         let params: [&(dyn ToSql + Sync); 9] = [
             &id,
@@ -833,7 +881,7 @@ impl ThreadWriter for PostgresStore {
             &metadata,
             &state,
             &thread.terminal,
-            &message_ids,
+            &messages.ids,
             &messages.bodies,
             &retention_ms,
         ];
@@ -997,8 +1045,8 @@ mod tests {
         let groups = group_by_thread(&items);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[0].len(), CHUNK + 1, "t0's second append joins it");
-        assert_eq!(groups[0].last().map(|i| i.id.as_str()), Some("t0"));
-        let second: Vec<&str> = groups[1].iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(groups[0].last().map(|i| i.request.id.as_str()), Some("t0"));
+        let second: Vec<&str> = groups[1].iter().map(|i| i.request.id.as_str()).collect();
         assert_eq!(second, [format!("t{CHUNK}"), format!("t{CHUNK}")]);
     }
 }

@@ -236,6 +236,12 @@ impl PostgresServer {
         self.dir.path().join("data")
     }
 
+    /// The postmaster's process id while it runs (the server's other
+    /// processes are its children), to inspect or signal it.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|running| running.child.id())
+    }
+
     /// Whether the postmaster is running (started and not yet stopped by
     /// this handle, and not exited).
     pub fn is_running(&mut self) -> bool {
