@@ -55,6 +55,64 @@ impl<'a> Outgoing<'a> {
     }
 }
 
+/// A created thread's messages as its first log entries are kept in its
+/// row: the ids joined by newlines (ids hold no control characters; an
+/// empty line for a message without one) and the bodies as one JSON array,
+/// exactly as written. Both `None` when there are no messages.
+pub(crate) fn first_entries(messages: &Outgoing<'_>) -> (Option<String>, Option<String>) {
+    if messages.bodies.is_empty() {
+        return (None, None);
+    }
+    let ids: Vec<&str> = messages.ids.iter().map(|id| id.unwrap_or("")).collect();
+    (
+        Some(ids.join("\n")),
+        Some(format!("[{}]", messages.bodies.join(","))),
+    )
+}
+
+/// The first log entries of a thread (see [`first_entries`]) with
+/// sequence numbers after `after`, at most `limit` of them. `ids` and `log`
+/// are `None` when the cursor is past them (the statement leaves them out).
+pub(crate) fn first_page(
+    id: &str,
+    first_count: u64,
+    ids: Option<String>,
+    log: Option<String>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Message>> {
+    let (Some(ids), Some(log)) = (ids, log) else {
+        return Ok(Vec::new());
+    };
+    let bodies: Vec<Value> = serde_json::from_str(&log).map_err(|err| {
+        ThreadStoreError::corrupt(
+            id,
+            format!("its first log entries are not a JSON array: {err}"),
+        )
+    })?;
+    let ids: Vec<&str> = ids.split('\n').collect();
+    if ids.len() as u64 != first_count || bodies.len() as u64 != first_count {
+        return Err(ThreadStoreError::corrupt(
+            id,
+            format!(
+                "it records {first_count} first log entries but holds {} ids and {} bodies",
+                ids.len(),
+                bodies.len()
+            ),
+        ));
+    }
+    Ok((1..)
+        .zip(ids.into_iter().zip(bodies))
+        .skip(usize::try_from(after).unwrap_or(usize::MAX))
+        .take(limit)
+        .map(|(seq, (message_id, body))| Message {
+            seq,
+            id: (!message_id.is_empty()).then(|| message_id.to_owned()),
+            body,
+        })
+        .collect())
+}
+
 /// A column of `row`, or `Corrupt` for thread `id` when it cannot be read
 /// as a `T` (a `NULL` where none belongs, say).
 pub(crate) fn column<'r, T: FromSql<'r>>(id: &str, row: &'r Row, index: usize) -> Result<T> {
@@ -140,6 +198,43 @@ mod tests {
         assert_eq!(out.bodies, ["1", "2", "4"]);
         assert_eq!(out.ids, [Some("a"), None, None]);
         assert_eq!((out.len(), out.repeats), (3, 1));
+    }
+
+    #[test]
+    fn first_entries_round_trip_and_page_from_a_cursor() {
+        let messages = [
+            NewMessage::with_id("a", json!({ "n": 1 })),
+            NewMessage::new(json!([1, 2])),
+            NewMessage::with_id("c", json!("three")),
+        ];
+        let out = Outgoing::new("t", &messages).expect("encodes");
+        let (ids, log) = first_entries(&out);
+        assert_eq!(ids.as_deref(), Some("a\n\nc"));
+        assert_eq!(log.as_deref(), Some(r#"[{"n":1},[1,2],"three"]"#));
+        let page = first_page("t", 3, ids.clone(), log.clone(), 1, 10).expect("decodes");
+        assert_eq!(
+            page,
+            [
+                Message {
+                    seq: 2,
+                    id: None,
+                    body: json!([1, 2])
+                },
+                Message {
+                    seq: 3,
+                    id: Some("c".into()),
+                    body: json!("three")
+                },
+            ]
+        );
+        let page = first_page("t", 3, ids.clone(), log.clone(), 0, 1).expect("decodes");
+        assert_eq!(page.len(), 1);
+        assert_eq!(first_entries(&Outgoing::default()), (None, None));
+        let err = first_page("t", 4, ids, log, 0, 10).expect_err("count mismatch");
+        assert!(matches!(err, ThreadStoreError::Corrupt { .. }), "{err:?}");
+        let err = first_page("t", 1, Some("a".into()), Some("[oops".into()), 0, 10)
+            .expect_err("not JSON");
+        assert!(matches!(err, ThreadStoreError::Corrupt { .. }), "{err:?}");
     }
 
     #[test]

@@ -19,7 +19,14 @@ CREATE TABLE {s}.schema_version (
     migrated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- One row per thread: its head. `terminal` is the finished mark;
+-- One row per thread: its head, and the messages its creating write
+-- carried (its first log entries, sequence numbers 1 to `first_count`):
+-- `first_ids` their ids joined by newlines (ids hold no control characters; an empty
+-- line for a message without one), `first_log` their bodies as one JSON
+-- array, exactly as written. A thread created with its messages (the task
+-- layer writes a short task's whole life as one create) is then one row,
+-- with no row or index entry per message. Later messages go to the
+-- messages table, numbered on. `terminal` is the finished mark;
 -- `expires_at` is set on finished threads when the store has a retention.
 -- Room is left in each page so that an update that touches no indexed
 -- column (a new state, an appended message) stays on its page (HOT) and
@@ -33,7 +40,10 @@ CREATE TABLE {s}.threads (
     version    bigint NOT NULL,
     last_seq   bigint NOT NULL,
     terminal   boolean NOT NULL,
-    expires_at timestamptz
+    expires_at timestamptz,
+    first_count bigint NOT NULL DEFAULT 0,
+    first_ids  text,
+    first_log  text
 ) WITH (fillfactor = 90);
 
 -- Listing by kind and by parent, each in id order, so a page is one range
@@ -56,10 +66,12 @@ CREATE INDEX threads_open_by_parent_kind ON {s}.threads (parent_id, kind, id) WH
 -- Finished threads by expiry, for the retention sweep.
 CREATE INDEX threads_expiring ON {s}.threads (expires_at) WHERE expires_at IS NOT NULL;
 
--- The message logs. A message id is unique within its thread: the key of
--- de-duplication. No foreign key: every write that adds messages holds
--- the thread's row, and deleting a thread deletes its log in the same
--- transaction, so the key's per-row check would only cost.
+-- The message logs past the first entries. A message id is unique within
+-- its thread: the key of de-duplication here, and the append function
+-- checks the first entries' ids too, under the thread's row lock. No
+-- foreign key: every write that adds messages holds the thread's row, and
+-- deleting a thread deletes its log in the same transaction, so the key's
+-- per-row check would only cost.
 CREATE TABLE {s}.messages (
     thread_id  text COLLATE "C" NOT NULL,
     seq        bigint NOT NULL,
@@ -78,12 +90,14 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
 $$;
 
 -- Appends to the log of a thread whose row the caller holds locked: the
--- messages whose id is not in the log yet, numbered on from `p_last_seq`.
--- (The caller has dropped repeated ids within the list.) Returns how many
--- were appended. The lookup runs after the lock was taken, in a statement
--- of its own, so it sees every message committed before.
+-- messages whose id is not in the log yet (neither among its first
+-- entries, `p_first_ids`, nor in the messages table), numbered on from
+-- `p_last_seq`. (The caller has dropped repeated ids within the list.)
+-- Returns how many were appended. The lookup runs after the lock was
+-- taken, in a statement of its own, so it sees every message committed
+-- before.
 CREATE FUNCTION {s}.append_messages(
-    p_thread text, p_last_seq bigint, p_ids text[], p_bodies text[])
+    p_thread text, p_first_ids text, p_last_seq bigint, p_ids text[], p_bodies text[])
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_appended bigint;
@@ -95,8 +109,9 @@ BEGIN
     SELECT p_thread, p_last_seq + row_number() OVER (ORDER BY m.ord), m.mid, m.body
     FROM unnest(p_ids, p_bodies) WITH ORDINALITY AS m (mid, body, ord)
     WHERE m.mid IS NULL
-       OR NOT EXISTS (SELECT 1 FROM {s}.messages x
-                      WHERE x.thread_id = p_thread AND x.message_id = m.mid);
+       OR (NOT m.mid = ANY (string_to_array(coalesce(p_first_ids, ''), E'\n'))
+           AND NOT EXISTS (SELECT 1 FROM {s}.messages x
+                           WHERE x.thread_id = p_thread AND x.message_id = m.mid));
     GET DIAGNOSTICS v_appended = ROW_COUNT;
     RETURN v_appended;
 END
@@ -121,12 +136,13 @@ DECLARE
     v_count integer;
     v_version bigint;
     v_last_seq bigint;
+    v_first_ids text;
     v_appended bigint;
 BEGIN
     PERFORM 1 FROM {s}.threads t WHERE t.id = ANY (p_ids) ORDER BY t.id FOR UPDATE;
     FOR i IN 1 .. coalesce(cardinality(p_ids), 0) LOOP
         v_count := p_counts[i];
-        SELECT t.version, t.last_seq INTO v_version, v_last_seq
+        SELECT t.version, t.last_seq, t.first_ids INTO v_version, v_last_seq, v_first_ids
         FROM {s}.threads t WHERE t.id = p_ids[i];
         IF NOT FOUND THEN
             r_outcome := 'n'; r_version := NULL; r_last_seq := NULL; r_appended := 0;
@@ -136,7 +152,7 @@ BEGIN
             v_appended := 0;
             IF v_count > 0 THEN
                 v_appended := {s}.append_messages(
-                    p_ids[i], v_last_seq,
+                    p_ids[i], v_first_ids, v_last_seq,
                     p_msg_ids[v_first : v_first + v_count - 1],
                     p_msg_bodies[v_first : v_first + v_count - 1]);
             END IF;
@@ -169,9 +185,11 @@ RETURNS TABLE (r_version bigint, r_last_seq bigint, r_appended bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_last_seq bigint;
+    v_first_ids text;
 BEGIN
     LOOP
-        SELECT t.last_seq INTO v_last_seq FROM {s}.threads t WHERE t.id = p_id FOR UPDATE;
+        SELECT t.last_seq, t.first_ids INTO v_last_seq, v_first_ids
+        FROM {s}.threads t WHERE t.id = p_id FOR UPDATE;
         EXIT WHEN FOUND;
         INSERT INTO {s}.threads (id, kind, parent_id, metadata, state, version, last_seq, terminal)
         VALUES (p_id, p_kind, p_parent, p_metadata, p_state, 0, 0, p_terminal)
@@ -181,7 +199,7 @@ BEGIN
             EXIT;
         END IF;
     END LOOP;
-    r_appended := {s}.append_messages(p_id, v_last_seq, p_msg_ids, p_msg_bodies);
+    r_appended := {s}.append_messages(p_id, v_first_ids, v_last_seq, p_msg_ids, p_msg_bodies);
     UPDATE {s}.threads t SET
         kind = p_kind, parent_id = p_parent, metadata = p_metadata,
         state = p_state, terminal = p_terminal,

@@ -4,33 +4,22 @@
 
 use crate::schema::in_schema;
 
-/// Creates a batch of fresh threads with their messages. Items whose id is
-/// taken are skipped (`ON CONFLICT DO NOTHING`); the ids that were created
-/// come back. Rows are inserted in id order, so that concurrent batches
-/// wait for one another's ids in one order and cannot deadlock. Messages
-/// are numbered by the caller (the threads are new) and written only for
-/// the threads this statement created.
+/// Creates a batch of fresh threads, each with its messages as its first
+/// log entries (in its row). Items whose id is taken are skipped (`ON
+/// CONFLICT DO NOTHING`); the ids that were created come back. Rows are
+/// inserted in id order, so that concurrent batches wait for one another's
+/// ids in one order and cannot deadlock.
 const CREATE_BATCH: &str = "\
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::boolean[], $7::bigint[])
-        AS t (id, kind, parent_id, metadata, state, terminal, last_seq)
-), created AS (
-    INSERT INTO {s}.threads
-        (id, kind, parent_id, metadata, state, version, last_seq, terminal, expires_at)
-    SELECT id, kind, parent_id, metadata, state, 1, last_seq, terminal,
-           {s}.expiry(terminal, $8::bigint)
-    FROM input ORDER BY id
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
-), logged AS (
-    INSERT INTO {s}.messages (thread_id, seq, message_id, body)
-    SELECT m.thread_id, m.seq, m.message_id, m.body
-    FROM unnest($9::text[], $10::bigint[], $11::text[], $12::text[])
-        AS m (thread_id, seq, message_id, body)
-    WHERE m.thread_id IN (SELECT id FROM created)
-)
-SELECT id FROM created";
+INSERT INTO {s}.threads (id, kind, parent_id, metadata, state, version, last_seq, terminal,
+                         expires_at, first_count, first_ids, first_log)
+SELECT id, kind, parent_id, metadata, state, 1, last_seq, terminal,
+       {s}.expiry(terminal, $8::bigint), last_seq, first_ids, first_log
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[],
+            $7::bigint[], $9::text[], $10::text[])
+    AS t (id, kind, parent_id, metadata, state, terminal, last_seq, first_ids, first_log)
+ORDER BY id
+ON CONFLICT (id) DO NOTHING
+RETURNING id";
 
 const APPEND_BATCH: &str = "\
 SELECT r_outcome, r_version, r_last_seq, r_appended
@@ -48,10 +37,14 @@ const LOAD: &str = "\
 SELECT kind, parent_id, metadata, state, version, last_seq, terminal
 FROM {s}.threads WHERE id = $1";
 
-/// The thread's last sequence number and a page of its log: no row when
-/// there is no such thread, one row with `NULL`s for an empty page.
+/// The thread's last sequence number, its first log entries (only while
+/// the cursor is before their end), and a page of the rest of its log: no
+/// row when there is no such thread, one row with `NULL`s for an empty
+/// page of the rest.
 const LOAD_MESSAGES: &str = "\
-SELECT t.last_seq, m.seq, m.message_id, m.body
+SELECT t.last_seq, m.seq, m.message_id, m.body, t.first_count,
+       CASE WHEN $2 < t.first_count THEN t.first_ids END,
+       CASE WHEN $2 < t.first_count THEN t.first_log END
 FROM {s}.threads t
 LEFT JOIN LATERAL (
     SELECT x.seq, x.message_id, x.body FROM {s}.messages x

@@ -444,10 +444,8 @@ struct CreateChunk<'a> {
     states: Vec<String>,
     terminals: Vec<bool>,
     last_seqs: Vec<i64>,
-    message_threads: Vec<&'a str>,
-    message_seqs: Vec<i64>,
-    message_ids: Vec<Option<&'a str>>,
-    message_bodies: Vec<String>,
+    first_ids: Vec<Option<String>>,
+    first_logs: Vec<Option<String>>,
 }
 
 impl<'a> CreateChunk<'a> {
@@ -472,12 +470,9 @@ impl<'a> CreateChunk<'a> {
         self.parents.push(thread.parent_id.as_deref());
         self.terminals.push(thread.terminal);
         self.last_seqs.push(bigint(n));
-        for (seq, (message_id, body)) in (1..).zip(messages.ids.into_iter().zip(messages.bodies)) {
-            self.message_threads.push(id);
-            self.message_seqs.push(seq);
-            self.message_ids.push(message_id);
-            self.message_bodies.push(body);
-        }
+        let (first_ids, first_log) = codec::first_entries(&messages);
+        self.first_ids.push(first_ids);
+        self.first_logs.push(first_log);
         Ok(())
     }
 
@@ -491,10 +486,8 @@ impl<'a> CreateChunk<'a> {
             &self.terminals,
             &self.last_seqs,
             retention_ms,
-            &self.message_threads,
-            &self.message_seqs,
-            &self.message_ids,
-            &self.message_bodies,
+            &self.first_ids,
+            &self.first_logs,
         ]
     }
 }
@@ -669,8 +662,19 @@ impl ThreadReader for PostgresStore {
             return Err(ThreadStoreError::NotFound { id: id.to_owned() });
         };
         let last_seq = count(id, "last sequence number", column(id, first, 0)?)?;
-        let mut messages = Vec::with_capacity(rows.len());
+        let first_count = count(id, "count of first entries", column(id, first, 4)?)?;
+        let mut messages = codec::first_page(
+            id,
+            first_count,
+            column(id, first, 5)?,
+            column(id, first, 6)?,
+            query.after,
+            limit,
+        )?;
         for row in &rows {
+            if messages.len() == limit {
+                break;
+            }
             if column::<Option<i64>>(id, row, 1)?.is_some() {
                 messages.push(codec::message(id, row, 1)?);
             }

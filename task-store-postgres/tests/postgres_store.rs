@@ -65,17 +65,37 @@ async fn json_reads_back_equal_and_is_stored_as_the_text_written() {
     assert_eq!(log[0].body["i64_min"].as_i64(), Some(i64::MIN));
     assert_eq!(log[0].body["tiny"].as_f64(), Some(5e-324));
 
-    // The text in the table is exactly serde_json's, key order included.
+    // The text in the table is exactly serde_json's, key order included
+    // (the creating write's message is the thread's first log entry, in
+    // its row).
     let client = raw(&url).await;
     let sql = format!(
-        "SELECT t.state::text, m.body::text FROM \"{0}\".threads t \
-         JOIN \"{0}\".messages m ON m.thread_id = t.id WHERE t.id = 'j'",
+        "SELECT state, first_log FROM \"{}\".threads WHERE id = 'j'",
         store.schema()
     );
     let row = client.query_one(&sql, &[]).await.expect("raw read");
     let written = serde_json::to_string(&value).expect("serialize");
     assert_eq!(row.get::<_, String>(0), written);
-    assert_eq!(row.get::<_, String>(1), written);
+    assert_eq!(row.get::<_, String>(1), format!("[{written}]"));
+
+    // A later message goes to the messages table, as written too.
+    store
+        .append(
+            "j",
+            ChangeSet::default().with_message(NewMessage::with_id("later", value.clone())),
+            VersionPrecondition::Exact(1),
+        )
+        .await
+        .expect("append a message");
+    let sql = format!(
+        "SELECT body FROM \"{}\".messages WHERE thread_id = 'j' AND message_id = 'later'",
+        store.schema()
+    );
+    let body: String = client.query_one(&sql, &[]).await.expect("raw read").get(0);
+    assert_eq!(body, written);
+    let log = store.load_all_messages("j").await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].body, value);
 
     // And through an append and a save.
     let other = json!({ "n": 1.0e-10, "k": [u64::MAX, -1, 2.5] });
@@ -83,7 +103,7 @@ async fn json_reads_back_equal_and_is_stored_as_the_text_written() {
         .append(
             "j",
             ChangeSet::state(other.clone()),
-            VersionPrecondition::Exact(1),
+            VersionPrecondition::Exact(2),
         )
         .await
         .expect("append");
@@ -259,7 +279,7 @@ async fn a_corrupt_row_fails_only_its_own_thread() {
     let Some((store, url)) = shared_store("a_corrupt_row").await else {
         return;
     };
-    for id in ["bad-meta", "bad-version", "good"] {
+    for id in ["bad-meta", "bad-version", "bad-log", "good"] {
         store
             .create(
                 Thread::new(id, "k")
@@ -274,7 +294,8 @@ async fn a_corrupt_row_fails_only_its_own_thread() {
     client
         .batch_execute(&format!(
             "UPDATE \"{schema}\".threads SET metadata = '[1, 2]' WHERE id = 'bad-meta'; \
-             UPDATE \"{schema}\".threads SET version = -3 WHERE id = 'bad-version';"
+             UPDATE \"{schema}\".threads SET version = -3 WHERE id = 'bad-version'; \
+             UPDATE \"{schema}\".threads SET first_log = '[1, tru' WHERE id = 'bad-log';"
         ))
         .await
         .expect("damage two rows");
@@ -298,13 +319,30 @@ async fn a_corrupt_row_fails_only_its_own_thread() {
         .list_all_threads(ThreadQuery::by_parent("p"))
         .await
         .expect("listing still works");
-    assert_eq!(listed, ["bad-meta", "bad-version", "good"]);
+    assert_eq!(listed, ["bad-log", "bad-meta", "bad-version", "good"]);
     assert_eq!(
         store
             .load_all_messages("bad-meta")
             .await
             .expect("log")
             .len(),
+        1
+    );
+    let err = store
+        .load_all_messages("bad-log")
+        .await
+        .expect_err("a damaged log");
+    assert!(
+        matches!(&err, ThreadStoreError::Corrupt { id, .. } if id == "bad-log"),
+        "{err:?}"
+    );
+    assert_eq!(
+        store
+            .load("bad-log")
+            .await
+            .expect("its head")
+            .expect("exists")
+            .version,
         1
     );
 }
@@ -324,6 +362,14 @@ async fn finished_threads_get_an_expiry_and_the_sweep_deletes_them_with_their_lo
         thread
     };
     store.create(finished("done")).await.expect("create");
+    store
+        .append(
+            "done",
+            ChangeSet::default().with_message(NewMessage::with_id("later", json!(2))),
+            VersionPrecondition::Any,
+        )
+        .await
+        .expect("a message past the first entries, in the messages table");
     store.create(finished("reopened")).await.expect("create");
     store
         .create(Thread::new("open", "k"))
