@@ -736,8 +736,8 @@ impl ThreadWriter for PostgresStore {
     }
 
     /// Validates every thread, drops later repeats of an id, then creates
-    /// the rest with one statement per [`CHUNK`] threads, pipelined on one
-    /// connection.
+    /// the rest with one statement per 128 threads, spread over one
+    /// connection per core (see the crate docs).
     async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
         let mut results: Vec<Option<Result<Committed>>> = vec![None; threads.len()];
         let mut chunks: Vec<CreateChunk<'_>> = Vec::new();
@@ -815,8 +815,8 @@ impl ThreadWriter for PostgresStore {
     }
 
     /// Validates every append, then applies them with one call of the
-    /// append function per [`CHUNK`] threads (a thread's appends in one
-    /// call, in order), pipelined on one connection.
+    /// append function per 128 threads (a thread's appends in one call, in
+    /// order), spread over one connection per core (see the crate docs).
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
         let mut results: Vec<Option<Result<Committed>>> = vec![None; requests.len()];
         let mut items = Vec::with_capacity(requests.len());
