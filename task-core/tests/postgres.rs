@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use task_core::thread_store::{ThreadQuery, ThreadReaderExt, ThreadStore};
+use task_core::thread_store::{ThreadReaderExt, ThreadStore};
 use task_core::{
     BackgroundTaskManager, RunCancellationToken, SpawnParams, TaskEventKind, TaskResult,
     TaskStatus, TaskStore, new_task_id,
@@ -55,49 +55,6 @@ async fn raw(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Message bodies' `transition` names in log order.
-async fn transitions(store: &Arc<dyn ThreadStore>, task_id: &str) -> Vec<String> {
-    store
-        .load_all_messages(&TaskStore::thread_id(task_id))
-        .await
-        .expect("log")
-        .into_iter()
-        .map(|m| m.body["transition"].as_str().unwrap_or("?").to_owned())
-        .collect()
-}
-
-/// Checks that every task of `ids` is durably `completed` with result `i`,
-/// its log exactly `started, completed`, and that the owner's index holds
-/// exactly these tasks.
-async fn assert_all_completed_once(
-    m: &BackgroundTaskManager,
-    tasks: &TaskStore,
-    store: &Arc<dyn ThreadStore>,
-    owner: &str,
-    ids: &[String],
-) {
-    for (i, id) in ids.iter().enumerate() {
-        let record = tasks.load_task(id).await.expect("load").expect("record");
-        assert_eq!(record.status, TaskStatus::Completed, "task {i}");
-        assert_eq!(record.result, Some(json!(i)), "task {i}");
-        assert_eq!(
-            transitions(store, id).await,
-            ["started", "completed"],
-            "task {i}: each transition once"
-        );
-        assert_eq!(
-            m.get(owner, id).await.expect("known").persistence_error,
-            None,
-            "task {i}"
-        );
-    }
-    let listed = store
-        .list_all_threads(ThreadQuery::by_parent(owner).with_kind("task"))
-        .await
-        .expect("list");
-    assert_eq!(listed.len(), ids.len(), "none lost, none duplicated");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_states_survive_a_hard_stop_and_restart_of_postgres() {
     let test = "terminal_states_survive_a_hard_stop";
@@ -112,59 +69,13 @@ async fn terminal_states_survive_a_hard_stop_and_restart_of_postgres() {
             .await
             .expect("connect"),
     );
-    let tasks = Arc::new(TaskStore::new(store.clone()));
-    let m = BackgroundTaskManager::builder()
-        .task_store(tasks.clone())
-        .persistence_backoff(Duration::from_millis(20), Duration::from_millis(300))
-        .build();
-    let mut events = m.subscribe();
-
-    const N: usize = 2_000;
-    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut ids = Vec::with_capacity(N);
-    for i in 0..N {
-        let mut go = go.subscribe();
-        let id = m
-            .spawn("owner", "t", "d", move |_| async move {
-                let _ = go.recv().await;
-                TaskResult::Success(json!(i))
-            })
-            .await
-            .expect("spawn");
-        ids.push(id);
-    }
-    m.flush().await; // every start is durable
-
-    server.stop_immediate().expect("pg_ctl stop -m immediate");
-    go.send(()).expect("tasks are waiting");
-    for id in &ids {
-        let s = m.wait("owner", id).await.expect("known");
-        assert_eq!(s.status, TaskStatus::Completed, "tasks complete meanwhile");
-    }
-    // The outage shows, as an error that is retried.
-    loop {
-        match events.recv().await {
-            Ok(event) => {
-                if let TaskEventKind::PersistenceFailed { permanent, .. } = event.kind {
-                    assert!(!permanent, "an outage is retried, not given up");
-                    break;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(e) => panic!("events: {e}"),
-        }
-    }
-    assert!(
-        m.list("owner", None)
-            .await
-            .iter()
-            .any(|s| s.persistence_error.is_some()),
-        "persistence_error shows during the outage"
-    );
-
-    server.restart().expect("crash recovery and restart");
-    m.flush().await;
-    assert_all_completed_once(&m, &tasks, &store, "owner", &ids).await;
+    common::outcomes_survive_an_outage(
+        store,
+        &mut server,
+        |server| server.stop_immediate().expect("pg_ctl stop -m immediate"),
+        |server| server.restart().expect("crash recovery and restart"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +146,7 @@ async fn sessions_terminated_mid_run_lose_nothing() {
         killed > 0,
         "no session was terminated: the test proved nothing"
     );
-    assert_all_completed_once(&m, &tasks, &store, "owner", &ids).await;
+    common::assert_all_completed_once(&m, &tasks, &store, "owner", &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +207,12 @@ async fn a_write_held_past_the_statement_timeout_is_retried_and_lands() {
     m.flush().await;
     let record = tasks.load_task(&id).await.expect("load").expect("record");
     assert_eq!(record.status, TaskStatus::Completed);
-    assert_eq!(transitions(&store, &id).await, ["started", "completed"]);
+    let log = store
+        .load_all_messages(&TaskStore::thread_id(&id))
+        .await
+        .expect("log");
+    let names: Vec<_> = log.iter().map(|m| m.body["transition"].clone()).collect();
+    assert_eq!(names, [json!("started"), json!("completed")]);
     assert_eq!(
         m.get("owner", &id).await.expect("known").persistence_error,
         None

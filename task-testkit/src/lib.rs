@@ -17,5 +17,6 @@ pub mod conformance;
 mod flaky;
 pub mod postgres_server;
 pub mod redis_server;
+mod watchdog;
 
 pub use flaky::*;

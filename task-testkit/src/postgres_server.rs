@@ -54,11 +54,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::redis_server::free_port;
+use crate::watchdog::Watchdog;
 
 /// How long a server may take to accept connections after it was started
 /// (including crash recovery after a hard stop).
@@ -182,10 +183,7 @@ pub struct PostgresServer {
 #[derive(Debug)]
 struct Running {
     child: Child,
-    watchdog: Child,
-    /// Held open; when the test process exits it closes and the watchdog
-    /// fires.
-    _lifeline: ChildStdin,
+    watchdog: Watchdog,
 }
 
 impl PostgresServer {
@@ -277,8 +275,7 @@ impl PostgresServer {
         let Some(mut running) = self.process.take() else {
             return Ok(());
         };
-        let _ = running.watchdog.kill();
-        let _ = running.watchdog.wait();
+        running.watchdog.disarm();
         let data = self.data_dir();
         let output = self
             .command("pg_ctl")
@@ -466,30 +463,13 @@ impl PostgresServer {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let pid = child.id().to_string();
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("read _; kill -QUIT \"$0\" 2>/dev/null")
-            .arg(&pid)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let lifeline = watchdog
-            .stdin
-            .take()
-            .ok_or_else(|| io::Error::other("the watchdog has no stdin"))?;
-        self.process = Some(Running {
-            child,
-            watchdog,
-            _lifeline: lifeline,
-        });
+        let watchdog = Watchdog::guard(child.id(), "-QUIT")?;
+        self.process = Some(Running { child, watchdog });
         match self.wait_until_ready() {
             Ok(()) => Ok(()),
             Err(err) => {
                 if let Some(mut running) = self.process.take() {
-                    let _ = running.watchdog.kill();
-                    let _ = running.watchdog.wait();
+                    running.watchdog.disarm();
                     let _ = running.child.kill();
                     let _ = running.child.wait();
                 }
@@ -538,8 +518,7 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         if let Some(mut running) = self.process.take() {
-            let _ = running.watchdog.kill();
-            let _ = running.watchdog.wait();
+            running.watchdog.disarm();
             // SIGQUIT is what `-m immediate` sends; it needs no pg_ctl.
             let _ = Command::new("kill")
                 .args(["-QUIT", &running.child.id().to_string()])
