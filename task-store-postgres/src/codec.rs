@@ -71,8 +71,8 @@ pub(crate) fn first_entries(messages: &Outgoing<'_>) -> (Option<String>, Option<
 }
 
 /// The first log entries of a thread (see [`first_entries`]) with
-/// sequence numbers after `after`, at most `limit` of them. `ids` and `log`
-/// are `None` when the cursor is past them (the statement leaves them out).
+/// sequence numbers after `after`, at most `limit` of them. The statement
+/// leaves `ids` and `log` out (`None`) once the cursor is past them.
 pub(crate) fn first_page(
     id: &str,
     first_count: u64,
@@ -81,8 +81,14 @@ pub(crate) fn first_page(
     after: u64,
     limit: usize,
 ) -> Result<Vec<Message>> {
-    let (Some(ids), Some(log)) = (ids, log) else {
+    if after >= first_count {
         return Ok(Vec::new());
+    }
+    let (Some(ids), Some(log)) = (ids, log) else {
+        return Err(ThreadStoreError::corrupt(
+            id,
+            format!("it records {first_count} first log entries but holds none"),
+        ));
     };
     let bodies: Vec<Value> = serde_json::from_str(&log).map_err(|err| {
         ThreadStoreError::corrupt(
@@ -235,6 +241,13 @@ mod tests {
         let err = first_page("t", 1, Some("a".into()), Some("[oops".into()), 0, 10)
             .expect_err("not JSON");
         assert!(matches!(err, ThreadStoreError::Corrupt { .. }), "{err:?}");
+        let err = first_page("t", 2, None, None, 0, 10).expect_err("entries missing");
+        assert!(matches!(err, ThreadStoreError::Corrupt { .. }), "{err:?}");
+        assert!(
+            first_page("t", 2, None, None, 2, 10)
+                .expect("past them")
+                .is_empty()
+        );
     }
 
     #[test]
