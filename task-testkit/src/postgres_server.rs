@@ -45,8 +45,8 @@
 //!
 //! A watchdog process (`sh`) holds the read end of a pipe from the test
 //! process and stops the server the way `-m immediate` does (`SIGQUIT` to
-//! the postmaster) when that pipe closes, so a server never outlives the
-//! test binary, even one kept in a `static`.
+//! the postmaster) when that pipe closes, then removes its directory, so a
+//! server never outlives the test binary, even one kept in a `static`.
 
 use std::fs;
 use std::io::{self, Write};
@@ -463,7 +463,7 @@ impl PostgresServer {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let watchdog = Watchdog::guard(child.id(), "-QUIT")?;
+        let watchdog = Watchdog::guard(child.id(), "-QUIT", Some(self.dir.path()))?;
         self.process = Some(Running { child, watchdog });
         match self.wait_until_ready() {
             Ok(()) => Ok(()),

@@ -382,7 +382,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let watchdog = Watchdog::guard(child.id(), "-9")?;
+        let watchdog = Watchdog::guard(child.id(), "-9", None)?;
         self.process = Some(Running { child, watchdog });
         match self.wait_until_ready() {
             Ok(()) => Ok(()),

@@ -3,6 +3,7 @@
 //! one kept in a `static`, which is never dropped).
 
 use std::io;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 /// A `sh` process holding the read end of a pipe from the test process:
@@ -17,12 +18,22 @@ pub(crate) struct Watchdog {
 
 impl Watchdog {
     /// Guards process `pid`: `signal` (`-9`, `-QUIT`...) is sent to it when
-    /// this process dies.
-    pub(crate) fn guard(pid: u32, signal: &str) -> io::Result<Self> {
+    /// this process dies, and then, once it is gone (or after a minute),
+    /// `cleanup` is removed if given: a server kept in a `static` is never
+    /// dropped, so nothing else would remove its directory.
+    pub(crate) fn guard(pid: u32, signal: &str, cleanup: Option<&Path>) -> io::Result<Self> {
+        let script = format!(
+            "read _; kill {signal} \"$0\" 2>/dev/null; \
+             if [ -n \"$1\" ]; then \
+               i=0; while kill -0 \"$0\" 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+               rm -rf \"$1\"; \
+             fi"
+        );
         let mut process = Command::new("sh")
             .arg("-c")
-            .arg(format!("read _; kill {signal} \"$0\" 2>/dev/null"))
+            .arg(script)
             .arg(pid.to_string())
+            .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
