@@ -43,33 +43,52 @@
 //!
 //! - A task that panics ends `failed` with the panic message; one that
 //!   ignores its cancellation is dropped after the cancel grace and ends
-//!   `cancelled`. No task stays `running` after its future is gone.
+//!   `cancelled`; one whose runtime shuts down under it ends `stopped` or
+//!   `failed`. No task stays `running` after its future is gone.
 //! - Terminal outcomes are write-once; every durable change is a transition
 //!   of the pure state machine in [`state`], written with a version
 //!   precondition and retried on conflict; a write of an older attempt is
-//!   refused.
+//!   refused, and an id never changes owner.
 //! - The store is never on the spawn path: transitions reach it through an
-//!   ordered outbox per task, retried with bounded backoff; a failure shows
-//!   as `persistence_error` and [`BackgroundTaskManager::flush`] waits for
-//!   durability.
+//!   ordered, bounded outbox per task, retried with backoff (one probe at a
+//!   time while the store fails); a failure or a late write shows as
+//!   `persistence_error`, and [`BackgroundTaskManager::flush`] waits for
+//!   what was queued before it.
+//! - Whatever is accepted round-trips exactly through every store; what
+//!   cannot (ids too long, JSON nested deeper than [`MAX_JSON_DEPTH`]) is
+//!   refused at the boundary with an error that names the field and its
+//!   limit.
 //!
-//! # Across processes
+//! # One process or several
 //!
-//! With a task store shared by several processes (Redis), each manager holds
-//! a lease on the tasks it runs and renews it with one write per period.
+//! A manager with a task store is single-process unless it is given an
+//! instance id (see [`BackgroundTaskManagerBuilder`]): it answers from
+//! memory and only writes the store. A multi-process manager also holds a
+//! lease on the tasks it runs (one renewal write per period for all of
+//! them), reads an inbox of requests from other processes, and reaches
+//! their tasks: `cancel`, `cancel_tree`, `get`, `wait`,
+//! [`watch_owner`](BackgroundTaskManager::watch_owner), `resume`.
 //! [`BackgroundTaskManager::recover`] turns the running tasks of a process
-//! that stopped renewing into `stopped` (resumable with
-//! [`BackgroundTaskManager::resume`]) or `failed`; `cancel` and `cancel_tree`
-//! reach tasks another process holds; [`BackgroundTaskManager::shutdown`]
-//! stops a manager cleanly. See `ARCHITECTURE.md` for the lease protocol and
-//! its failure cases.
+//! that stopped renewing into `stopped` or `failed`, and resumes the
+//! stopped ones whose type has a handler here. Recovery and remote control
+//! read the store's index of open records: they cost the live work, never
+//! the history. See `ARCHITECTURE.md` for the lease protocol and its failure
+//! cases.
+//!
+//! # Policies
+//!
+//! Concurrency limits (per owner, per task type), timeouts, retries and
+//! handlers by task type make the manager a job system where one is wanted;
+//! see [`policy`].
 //!
 //! # Features
 //!
-//! - `memory` (default): re-exports [`MemoryStore`] and lets
-//!   [`store::open`] accept `memory://`.
+//! - `memory` (default): re-exports `MemoryStore`; [`store::open`] accepts
+//!   `memory://` with or without it.
 //! - `redis`: re-exports `RedisStore` and lets [`store::open`] accept
-//!   `redis://` and `rediss://` URLs.
+//!   `redis://` URLs (one node, or a Cluster); with `tls` also `rediss://`.
+//! - `postgres`: re-exports `PostgresStore` and lets [`store::open`] accept
+//!   `postgres://` and `postgresql://` URLs.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -114,3 +133,7 @@ pub use task_store_memory::{MemoryStore, MemoryStoreOptions};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use task_store_redis::RedisStore;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use task_store_postgres::PostgresStore;

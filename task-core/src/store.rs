@@ -19,6 +19,9 @@ use task_store::{ThreadStore, ThreadStoreError};
 ///   parameter is refused.
 /// - `redis://host:port/db?prefix=P` and `rediss://…` connect a
 ///   `RedisStore` (feature `redis`); see `task_store_redis` for the options.
+/// - `postgres://user@host:port/db?schema=S` and `postgresql://…` connect a
+///   `PostgresStore` (feature `postgres`), creating or migrating its schema;
+///   see `task_store_postgres` for the options.
 ///
 /// # Errors
 ///
@@ -41,14 +44,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
         .map(|(scheme, _)| scheme.to_ascii_lowercase())
         .ok_or_else(|| {
             ThreadStoreError::invalid_input(format!(
-                "store URL {url:?} has no scheme; expected memory:// or redis://host:port/db"
+                "store URL {url:?} has no scheme; expected memory://, redis://host:port/db or \
+                 postgres://user@host:port/db"
             ))
         })?;
     match scheme.as_str() {
         "memory" => open_memory(url),
         "redis" | "rediss" => open_redis(url).await,
+        "postgres" | "postgresql" => open_postgres(url).await,
         other => Err(ThreadStoreError::invalid_input(format!(
-            "unknown store scheme {other:?} in {url:?}; expected memory:// or redis://"
+            "unknown store scheme {other:?} in {url:?}; expected memory://, redis:// or postgres://"
         ))),
     }
 }
@@ -142,6 +147,18 @@ async fn open_redis(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError>
 #[cfg(not(feature = "redis"))]
 async fn open_redis(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
     Err(feature_off("redis", url))
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
+    Ok(Arc::new(
+        task_store_postgres::PostgresStore::connect(url).await?,
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
+    Err(feature_off("postgres", url))
 }
 
 /// The error for a URL whose backend's feature is off. The URL is shown

@@ -230,7 +230,7 @@ async fn stores_task_store_and_manager_compose_as_written() {
 
 #[tokio::test]
 async fn store_open_refuses_unknown_schemes_with_a_clear_error() {
-    for url in ["postgres://localhost/db", "no-scheme-at-all"] {
+    for url in ["mysql://localhost/db", "no-scheme-at-all"] {
         let err = task_core::store::open(url).await.expect_err("refused");
         assert!(
             matches!(err, ThreadStoreError::InvalidInput { .. }),
@@ -253,4 +253,21 @@ async fn store_open_of_a_redis_url_without_the_feature_names_the_feature() {
     assert!(text.contains("feature `redis` is not enabled"), "{text}");
     assert_eq!(text.matches("redis://").count(), 1, "{text}");
     assert!(!text.contains("secret"), "{text}");
+}
+
+#[cfg(not(feature = "postgres"))]
+#[tokio::test]
+async fn store_open_of_a_postgres_url_names_the_missing_feature_and_hides_the_password() {
+    for url in [
+        "postgres://app:s3cret@localhost/db",
+        "postgresql://app:s3cret@localhost/db",
+    ] {
+        let err = task_core::store::open(url).await.expect_err("refused");
+        assert!(
+            matches!(err, ThreadStoreError::InvalidInput { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(err.to_string().contains("feature `postgres`"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
 }

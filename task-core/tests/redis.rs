@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use task_core::thread_store::{ThreadQuery, ThreadReaderExt, ThreadStore};
-use task_core::{BackgroundTaskManager, TaskEventKind, TaskResult, TaskStatus, TaskStore};
+use task_core::thread_store::{ThreadReaderExt, ThreadStore};
+use task_core::{BackgroundTaskManager, TaskResult, TaskStatus, TaskStore};
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::{
     AppendFsync, RedisServer, private_server_or_skip, shared_redis_url, unique_prefix,
@@ -54,93 +54,13 @@ async fn terminal_states_survive_redis_kill_and_restart() {
             .await
             .expect("connect"),
     );
-    let tasks = Arc::new(TaskStore::new(store.clone()));
-    let m = BackgroundTaskManager::builder()
-        .task_store(tasks.clone())
-        .persistence_backoff(Duration::from_millis(20), Duration::from_millis(300))
-        .build();
-    let mut events = m.subscribe();
-
-    const N: usize = 2_000;
-    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut ids = Vec::with_capacity(N);
-    for i in 0..N {
-        let mut go = go.subscribe();
-        let id = m
-            .spawn("owner", "t", "d", move |_| async move {
-                let _ = go.recv().await;
-                TaskResult::Success(json!(i))
-            })
-            .await
-            .expect("spawn");
-        ids.push(id);
-    }
-    m.flush().await; // every start is durable
-
-    server.kill().expect("SIGKILL redis-server");
-    go.send(()).expect("tasks are waiting");
-    for id in &ids {
-        let s = m.wait("owner", id).await.expect("known");
-        assert_eq!(
-            s.status,
-            TaskStatus::Completed,
-            "tasks complete during the outage"
-        );
-    }
-    // The outage shows on the summaries.
-    let failed_id = loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(e) => panic!("events: {e}"),
-        };
-        if let TaskEventKind::PersistenceFailed { permanent, .. } = event.kind {
-            assert!(!permanent, "an outage is retried, not given up");
-            break event.task_id;
-        }
-    };
-    assert!(
-        m.get("owner", &failed_id)
-            .await
-            .expect("known")
-            .persistence_error
-            .is_some()
-            || m.list("owner", None)
-                .await
-                .iter()
-                .any(|s| s.persistence_error.is_some()),
-        "the summaries show the error while it is retried"
-    );
-    assert!(
-        m.list("owner", None)
-            .await
-            .iter()
-            .any(|s| s.persistence_error.is_some()),
-        "persistence_error shows during the outage"
-    );
-
-    server.restart().expect("restart redis-server");
-    m.flush().await;
-
-    for (i, id) in ids.iter().enumerate() {
-        let record = tasks.load_task(id).await.expect("load").expect("record");
-        assert_eq!(record.status, TaskStatus::Completed, "task {i}");
-        assert_eq!(record.result, Some(json!(i)), "task {i}");
-        let log = store
-            .load_all_messages(&TaskStore::thread_id(id))
-            .await
-            .expect("log");
-        assert_eq!(log.len(), 2, "task {i}: started and completed, once each");
-        assert_eq!(
-            m.get("owner", id).await.expect("known").persistence_error,
-            None
-        );
-    }
-    let listed = store
-        .list_all_threads(ThreadQuery::by_parent("owner").with_kind("task"))
-        .await
-        .expect("list");
-    assert_eq!(listed.len(), N, "none lost, none duplicated");
+    common::outcomes_survive_an_outage(
+        store,
+        &mut server,
+        |server| server.kill().expect("SIGKILL redis-server"),
+        |server| server.restart().expect("restart redis-server"),
+    )
+    .await;
 }
 
 /// The `redis_worker` example, built by `cargo test` next to this binary.

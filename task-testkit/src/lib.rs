@@ -9,10 +9,14 @@
 //!   what it claims to.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
+//! - [`postgres_server`]: a private PostgreSQL cluster (`initdb`, `postgres`)
+//!   on a free loopback port, that tests can stop hard, restart and inspect.
 
 pub mod broken;
 pub mod conformance;
 mod flaky;
+pub mod postgres_server;
 pub mod redis_server;
+mod watchdog;
 
 pub use flaky::*;

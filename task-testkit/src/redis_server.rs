@@ -29,9 +29,11 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use crate::watchdog::Watchdog;
 
 /// How long a server may take to answer `PING` after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -181,10 +183,7 @@ pub struct RedisServer {
 #[derive(Debug)]
 struct Running {
     child: Child,
-    watchdog: Child,
-    /// Held open; when the test process exits it closes and the watchdog
-    /// fires.
-    _lifeline: ChildStdin,
+    watchdog: Watchdog,
 }
 
 impl RedisServer {
@@ -247,8 +246,7 @@ impl RedisServer {
     /// When the process cannot be killed or waited for.
     pub fn kill(&mut self) -> io::Result<()> {
         if let Some(mut running) = self.process.take() {
-            let _ = running.watchdog.kill();
-            let _ = running.watchdog.wait();
+            running.watchdog.disarm();
             running.child.kill()?;
             running.child.wait()?;
         }
@@ -266,8 +264,7 @@ impl RedisServer {
         let Some(mut running) = self.process.take() else {
             return Ok(());
         };
-        let _ = running.watchdog.kill();
-        let _ = running.watchdog.wait();
+        running.watchdog.disarm();
         // The server closes the connection instead of answering.
         let _ = self.command(&["SHUTDOWN"]);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -385,24 +382,8 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let pid = child.id().to_string();
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("read _; kill -9 \"$0\" 2>/dev/null")
-            .arg(&pid)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let lifeline = watchdog
-            .stdin
-            .take()
-            .ok_or_else(|| io::Error::other("the watchdog has no stdin"))?;
-        self.process = Some(Running {
-            child,
-            watchdog,
-            _lifeline: lifeline,
-        });
+        let watchdog = Watchdog::guard(child.id(), "-9", None)?;
+        self.process = Some(Running { child, watchdog });
         match self.wait_until_ready() {
             Ok(()) => Ok(()),
             Err(err) => {
@@ -543,7 +524,7 @@ fn skip_or_fail(test_name: &str) {
 }
 
 /// Picks a port that was free a moment ago by binding port 0 and releasing it.
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }

@@ -1,4 +1,4 @@
-//! The benchmark harness of the workspace: seven whole-workload figures of
+//! The benchmark harness of the workspace: eight whole-workload figures of
 //! `task-core`'s [`BackgroundTaskManager`](task_core::BackgroundTaskManager),
 //! each against a baseline measured in the same run of this binary.
 //!
@@ -84,15 +84,30 @@
 //!    the figure is an upper bound of what the manager holds. There is no
 //!    baseline; the target is absolute. A note gives the same figure
 //!    without metadata, to show what the metadata costs.
+//! 8. `persist_postgres` (terminal writes per second; target ratio >= 0.2):
+//!    20,000 tasks over 100 owners spawn-to-durable, as in 6, with a
+//!    `PostgresStore` (default options, a fresh schema per run) on a private
+//!    PostgreSQL started by `task_testkit::postgres_server` (loopback, the
+//!    harness's settings: `fsync = off`, `synchronous_commit = on`, with
+//!    `pg_stat_statements` loaded). Baseline: plain `INSERT`s of 512-byte
+//!    rows into an ordinary (logged, unindexed) table, 16 rows per
+//!    statement, each statement its own transaction, one connection per
+//!    core, on the same server in the same run (rows per second). Notes give
+//!    the server's CPU time (the postmaster and its children, from `/proc`)
+//!    and the statements per task with their rows and mean times (from
+//!    `pg_stat_statements`). Without PostgreSQL's server binaries the
+//!    workload is reported as skipped, loudly, with no figure.
 //!
 //! # Options
 //!
-//! `--quick` (3 runs, fewer batches, 5,000 tasks for `persist_redis`), `--runs N`, `--only NAME[,NAME…]` (run some workloads;
+//! `--quick` (3 runs, fewer batches, 5,000 tasks for `persist_redis` and
+//! `persist_postgres`), `--runs N`, `--only NAME[,NAME…]` (run some workloads;
 //! handy under a profiler), `--out PATH` (default
 //! `<workspace>/target/bench/results.json`, or `$CARGO_TARGET_DIR/bench/…`).
 
 mod durable;
 mod memory;
+mod postgres;
 mod redis;
 mod report;
 mod workloads;
@@ -104,7 +119,7 @@ use std::time::Instant;
 use report::Measurement;
 
 /// The workloads, in the order they run and are reported.
-const WORKLOADS: [&str; 15] = [
+const WORKLOADS: [&str; 16] = [
     "spawn_complete",
     "list_owner_scaling",
     "has_running_scaling",
@@ -120,6 +135,7 @@ const WORKLOADS: [&str; 15] = [
     "recover_scaling_redis",
     "list_durable_scaling_memory",
     "list_durable_scaling_redis",
+    "persist_postgres",
 ];
 
 const HELP: &str = "\
@@ -133,7 +149,8 @@ Workloads: spawn_complete, list_owner_scaling, has_running_scaling,
 cancel_tree_scaling, persist_memory, persist_redis, memory_per_task,
 list_owner_small, cancel_tree_small, cancel_tree_store_scaling_memory,
 cancel_tree_store_scaling_redis, recover_scaling_memory, recover_scaling_redis,
-list_durable_scaling_memory, list_durable_scaling_redis.
+list_durable_scaling_memory, list_durable_scaling_redis,
+persist_postgres.
 ";
 
 /// How much work each workload does.
@@ -167,6 +184,10 @@ pub(crate) struct Sizes {
     pub(crate) memory_tasks: usize,
     /// Finished records of the durable-layer workloads' history.
     pub(crate) history: usize,
+    /// Tasks of `persist_postgres`.
+    pub(crate) postgres_tasks: usize,
+    /// Rows its plain-insert baseline writes.
+    pub(crate) postgres_baseline_rows: usize,
 }
 
 impl Sizes {
@@ -186,6 +207,8 @@ impl Sizes {
             redis_bench_requests: 200_000,
             memory_tasks: 100_000,
             history: 100_000,
+            postgres_tasks: 20_000,
+            postgres_baseline_rows: 256_000,
         }
     }
 
@@ -199,6 +222,8 @@ impl Sizes {
             trees: 3,
             redis_tasks: 5_000,
             history: 20_000,
+            postgres_tasks: 5_000,
+            postgres_baseline_rows: 64_000,
             ..Self::full()
         }
     }
@@ -349,6 +374,7 @@ fn main() -> ExitCode {
                 durable::list_durable_scaling(sizes, Ok(durable::Backend::Memory))
             }
             "list_durable_scaling_redis" => durable::list_durable_scaling(sizes, redis_backend()),
+            "persist_postgres" => postgres::persist_postgres(sizes),
             _ => unreachable!("every workload name is matched"),
         };
         eprintln!(

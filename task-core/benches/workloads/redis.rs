@@ -243,19 +243,31 @@ impl ServerStats {
 
 /// This process's user and system CPU time, from `/proc/self/stat`
 /// (assuming the usual 100 clock ticks per second).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    cpu_seconds("self", false)
+}
+
+/// The user and system CPU time of process `pid` (a number or `self`),
+/// from `/proc/<pid>/stat`, with that of its children it has waited for
+/// when `waited_children` is set (assuming 100 clock ticks per second).
+pub(crate) fn cpu_seconds(pid: &str, waited_children: bool) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name, which is in parentheses.
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line, 12
+    // to 15 here.
+    let count = if waited_children { 4 } else { 2 };
+    let mut ticks = 0u64;
+    for field in fields.get(11..11 + count)? {
+        ticks += field.parse::<u64>().ok()?;
+    }
     #[allow(clippy::cast_precision_loss)]
     let seconds = ticks as f64 / 100.0;
     Some(seconds)
 }
 
-fn per_second(n: usize, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(n: usize, elapsed: Duration) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let n = n as f64;
     n / elapsed.as_secs_f64()

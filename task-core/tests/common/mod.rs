@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use task_core::thread_store::ThreadQuery;
 use task_core::thread_store::{Thread, ThreadReaderExt, ThreadStore};
 use task_core::{
-    BackgroundTaskManager, NewTaskSpec, RunCancellationToken, SpawnParams, TaskError, TaskResult,
-    TaskStatus, TaskStore, Transition, new_task_id,
+    BackgroundTaskManager, NewTaskSpec, RunCancellationToken, SpawnParams, TaskError,
+    TaskEventKind, TaskResult, TaskStatus, TaskStore, Transition, new_task_id,
 };
 
 /// What a suite factory may return: a store, or `None` when the backend is
@@ -330,6 +331,112 @@ pub async fn a_write_of_an_older_attempt_is_fenced_off(store: Arc<dyn ThreadStor
     assert!(matches!(err, TaskError::Rejected { .. }), "{err:?}");
     let record = tasks.load_task(&id).await.expect("load").expect("record");
     assert_eq!((record.status, record.attempt), (TaskStatus::Running, 2));
+}
+
+/// Checks that every task of `ids` (task `i` returned `json!(i)`) is
+/// durably `completed` with its result, its log exactly `started,
+/// completed`, no summary shows a persistence error, and the owner's index
+/// holds exactly these tasks.
+pub async fn assert_all_completed_once(
+    m: &BackgroundTaskManager,
+    tasks: &TaskStore,
+    store: &Arc<dyn ThreadStore>,
+    owner: &str,
+    ids: &[String],
+) {
+    for (i, id) in ids.iter().enumerate() {
+        let record = tasks.load_task(id).await.expect("load").expect("record");
+        assert_eq!(record.status, TaskStatus::Completed, "task {i}");
+        assert_eq!(record.result, Some(json!(i)), "task {i}");
+        assert_eq!(
+            log_names(store, id).await,
+            ["started", "completed"],
+            "task {i}: each transition once"
+        );
+        assert_eq!(
+            m.get(owner, id).await.expect("known").persistence_error,
+            None,
+            "task {i}"
+        );
+    }
+    let listed = store
+        .list_all_threads(ThreadQuery::by_parent(owner).with_kind("task"))
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), ids.len(), "none lost, none duplicated");
+}
+
+/// 2,000 tasks whose starts are durable finish while the store's server is
+/// down (`stop` takes it down): each summary shows the retried persistence
+/// error meanwhile, and after `restart` and `flush()` every record is
+/// terminal and each log is exactly its transitions, none lost or
+/// duplicated. `store` must retry quickly (short timeouts).
+pub async fn outcomes_survive_an_outage<S>(
+    store: Arc<dyn ThreadStore>,
+    server: &mut S,
+    stop: impl FnOnce(&mut S),
+    restart: impl FnOnce(&mut S),
+) {
+    let tasks = Arc::new(TaskStore::new(store.clone()));
+    let m = BackgroundTaskManager::builder()
+        .task_store(tasks.clone())
+        .persistence_backoff(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_millis(300),
+        )
+        .build();
+    let mut events = m.subscribe();
+
+    const N: usize = 2_000;
+    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut go = go.subscribe();
+        let id = m
+            .spawn("owner", "t", "d", move |_| async move {
+                let _ = go.recv().await;
+                TaskResult::Success(json!(i))
+            })
+            .await
+            .expect("spawn");
+        ids.push(id);
+    }
+    m.flush().await; // every start is durable
+
+    stop(server);
+    go.send(()).expect("tasks are waiting");
+    for id in &ids {
+        let s = m.wait("owner", id).await.expect("known");
+        assert_eq!(
+            s.status,
+            TaskStatus::Completed,
+            "tasks complete during the outage"
+        );
+    }
+    // The outage shows, as an error that is retried.
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if let TaskEventKind::PersistenceFailed { permanent, .. } = event.kind {
+                    assert!(!permanent, "an outage is retried, not given up");
+                    break;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(e) => panic!("events: {e}"),
+        }
+    }
+    assert!(
+        m.list("owner", None)
+            .await
+            .iter()
+            .any(|s| s.persistence_error.is_some()),
+        "persistence_error shows during the outage"
+    );
+
+    restart(server);
+    m.flush().await;
+    assert_all_completed_once(&m, &tasks, &store, "owner", &ids).await;
 }
 
 /// Stamps out one `#[tokio::test]` per persistence behaviour for a store
