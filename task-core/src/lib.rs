@@ -105,7 +105,7 @@ mod validate;
 
 pub use error::TaskError;
 pub use events::{TaskEvent, TaskEventKind};
-pub use manager::core::context::TaskContext;
+pub use manager::core::task::TaskContext;
 pub use manager::{
     BackgroundTaskManager, BackgroundTaskManagerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_LEASE_TTL,
     DEFAULT_OUTBOX_LIMIT, DurablePage, FlushTimeout, ManagerStats, OutboxFull, PendingWrite,

@@ -9,7 +9,8 @@
 //! | `read` | `get`, `wait`, the listings, `output`, `progress`, events |
 //! | `lifecycle` | `flush`, `recover`, `gc_terminal`, `shutdown` |
 //! | `streams` | the streams of output and of durable changes |
-//! | `builder` | the configuration, checked as a whole at `build` |
+//! | `builder` | the builder, which checks the configuration as a whole |
+//! | `config` | the configuration every layer runs by |
 //! | `core` | the local core: registry, supervision, the task context |
 //! | `outbox` | the persistence outbox (part of the local core) |
 //! | `distributed` | the cross-process layer: leases, inbox, recovery, remote control |
@@ -19,6 +20,7 @@
 mod background;
 mod builder;
 mod clock;
+mod config;
 mod control;
 pub(crate) mod core;
 mod distributed;
@@ -32,13 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use self::core::Core;
-use self::core::context::TaskContext;
+use self::core::task::TaskContext;
 use self::distributed::Distributed;
 use crate::{TaskError, TaskId, TaskResult, TaskStore, TaskSummary};
 
-pub use self::builder::{
-    BackgroundTaskManagerBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_LEASE_TTL, DEFAULT_OUTBOX_LIMIT,
-    OutboxFull, RetentionPolicy,
+pub use self::builder::BackgroundTaskManagerBuilder;
+pub use self::config::{
+    DEFAULT_CANCEL_GRACE, DEFAULT_LEASE_TTL, DEFAULT_OUTBOX_LIMIT, OutboxFull, RetentionPolicy,
 };
 pub use self::core::registry::ManagerStats;
 pub use self::distributed::recovery::RecoveryReport;
@@ -167,8 +169,11 @@ impl BackgroundTaskManager {
         BackgroundTaskManagerBuilder::default()
     }
 
-    pub(crate) fn from_config(config: builder::Config) -> Self {
-        let core = Core::new(&config);
+    pub(crate) fn from_config(
+        config: config::Config,
+        handlers: std::collections::HashMap<String, self::core::task::SharedRun>,
+    ) -> Self {
+        let core = Core::new(&config, handlers);
         let remote = match (&config.task_store, config.multi_process) {
             (Some(store), true) => {
                 let layer = Distributed::new(

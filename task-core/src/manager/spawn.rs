@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::BackgroundTaskManager;
 use super::clock;
-use super::core::context::TaskContext;
-use super::core::policy::{SharedRun, SlotPolicy, Work};
+use super::core::task::TaskContext;
+use super::core::task::{SharedRun, SlotPolicy, Work};
 use super::core::{Durable, Launch, plan_from_record};
 use super::distributed::summary_of;
 use crate::model::new_task_id_at;

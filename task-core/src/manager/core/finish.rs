@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::registry::{Entry, Registry, TaskSlot, is_collectable};
+use super::registry::{Registry, is_collectable};
 use super::supervise::Ended;
+use super::task::{Entry, TaskSlot};
 use super::{Core, interrupted};
 use crate::manager::clock::duration_ms;
 use crate::manager::outbox::Job;

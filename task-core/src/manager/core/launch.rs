@@ -8,11 +8,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::Core;
-use super::context::{TaskContext, TaskHost};
-use super::policy::SlotPolicy;
-use super::policy::Work;
-use super::registry::{Entry, TaskSlot};
 use super::supervise::run_task;
+use super::task::{Entry, SlotPolicy, TaskSlot, Work};
+use super::task::{TaskContext, TaskHost};
 use crate::WhenLimited;
 use crate::manager::clock::duration_ms;
 use crate::manager::outbox::{Job, Permit};

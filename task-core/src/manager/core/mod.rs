@@ -7,13 +7,13 @@
 //! the outbox jobs they queue; the registry lock is only taken to add,
 //! find and remove tasks.
 
-pub(crate) mod context;
 mod finish;
 mod launch;
 pub(crate) mod policy;
 pub(crate) mod registry;
 mod reports;
 pub(crate) mod supervise;
+pub(crate) mod task;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,12 +25,13 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 pub(crate) use self::launch::{Durable, Launch, plan_from_record};
-use self::policy::{Handlers, Limits, SharedRun, SlotPolicy};
-use self::registry::{Entry, ManagerStats, Registry, TaskSlot, is_collectable};
+use self::policy::{Handlers, Limits};
+use self::registry::{ManagerStats, Registry, is_collectable};
 use self::supervise::{Ended, Reaper, reap};
+use self::task::{Entry, SharedRun, SlotPolicy, TaskSlot};
 use super::background::Background;
-use super::builder::{Config, LeaseConfig, RetentionPolicy};
 use super::clock::Clock;
+use super::config::{Config, LeaseConfig, RetentionPolicy};
 use super::outbox::{Outbox, WriteReports};
 use crate::{
     RetryPolicy, RunCancellationToken, TaskError, TaskEvent, TaskEventKind, TaskId, TaskPolicy,
@@ -110,7 +111,7 @@ pub(crate) fn interrupted(
 }
 
 impl Core {
-    pub(crate) fn new(config: &Config) -> Arc<Self> {
+    pub(crate) fn new(config: &Config, handlers: HashMap<String, SharedRun>) -> Arc<Self> {
         let (events, _) = broadcast::channel(config.event_capacity);
         Arc::new_cyclic(|myself: &Weak<Core>| {
             let reports: Weak<dyn WriteReports> = myself.clone();
@@ -129,7 +130,7 @@ impl Core {
                         .collect(),
                 },
                 policies: config.policies.clone(),
-                handlers: Handlers(config.handlers.clone()),
+                handlers: Handlers(handlers),
                 max_result_bytes: config.max_result_bytes,
                 resumable_types: config.resumable_types.clone(),
                 warn_after: config.outbox.warn_after,

@@ -7,19 +7,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::context::TaskContext;
-use super::registry::{Registry, TaskSlot};
-use crate::{RetryPolicy, RunCancellationToken, TaskResult, TaskStatus, WhenLimited};
-
-/// Work that can run again (a handler, or a `spawn_request` closure).
-pub(crate) type SharedRun =
-    Arc<dyn Fn(TaskContext) -> BoxFuture<'static, TaskResult> + Send + Sync>;
-
-/// Work that runs once (a `spawn` closure held while its task is queued).
-pub(crate) type OnceRun = Box<dyn FnOnce(TaskContext) -> BoxFuture<'static, TaskResult> + Send>;
+use super::registry::Registry;
+use super::task::{SharedRun, TaskSlot, Work};
+use crate::{TaskStatus, WhenLimited};
 
 /// The handlers of a manager, by task type.
 #[derive(Clone, Default)]
@@ -39,72 +31,6 @@ impl fmt::Debug for Handlers {
     }
 }
 
-/// What a task runs.
-pub(crate) enum Work {
-    Once(OnceRun),
-    Shared(SharedRun),
-}
-
-impl Work {
-    /// A `spawn` closure, boxed (only when its task must wait in a queue).
-    pub(crate) fn once<F, Fut>(f: F) -> Self
-    where
-        F: FnOnce(TaskContext) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = TaskResult> + Send + 'static,
-    {
-        Self::Once(Box::new(move |ctx| Box::pin(f(ctx))))
-    }
-
-    pub(crate) fn run(self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
-        match self {
-            Self::Once(f) => f(ctx),
-            Self::Shared(f) => f(ctx),
-        }
-    }
-}
-
-impl fmt::Debug for Work {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Once(_) => "Work::Once",
-            Self::Shared(_) => "Work::Shared",
-        })
-    }
-}
-
-/// What a task with a policy carries, beside its identity.
-#[derive(Clone, Default)]
-pub(crate) struct SlotPolicy {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) retry: Option<RetryPolicy>,
-    /// The work to run again for a retry.
-    pub(crate) work: Option<SharedRun>,
-    /// The caller's token, handed to every attempt.
-    pub(crate) token: Option<RunCancellationToken>,
-    /// The last checkpoint of the attempt before this one.
-    pub(crate) previous_checkpoint: Option<Value>,
-}
-
-impl fmt::Debug for SlotPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SlotPolicy")
-            .field("timeout", &self.timeout)
-            .field("retry", &self.retry)
-            .field("work", &self.work.as_ref().map(|_| "Fn"))
-            .finish_non_exhaustive()
-    }
-}
-
-impl SlotPolicy {
-    /// The delay before the next attempt, when this failure is retried.
-    pub(crate) fn retry_after(&self, attempt: u32, error: &str) -> Option<Duration> {
-        let retry = self.retry.as_ref()?;
-        self.work.as_ref()?;
-        (attempt < retry.max_attempts && retry.retries(error))
-            .then(|| retry.delay_before(attempt + 1))
-    }
-}
-
 /// The concurrency limits of a manager.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Limits {
@@ -116,15 +42,6 @@ impl Limits {
     pub(crate) fn is_active(&self) -> bool {
         self.per_owner.is_some() || !self.per_type.is_empty()
     }
-}
-
-/// What the limits count and hold, under the registry lock.
-#[derive(Debug, Default)]
-pub(crate) struct LimitState {
-    /// Running tasks of each limited type.
-    running_by_type: HashMap<Arc<str>, usize>,
-    /// Tasks waiting for the limits, in the order they were spawned.
-    pub(crate) queue: VecDeque<Arc<TaskSlot>>,
 }
 
 impl Registry {
@@ -203,7 +120,7 @@ impl super::Core {
     pub(crate) fn settle_retry(
         &self,
         slot: &TaskSlot,
-        entry: &mut super::registry::Entry,
+        entry: &mut super::task::Entry,
         error: Option<String>,
         delay: Duration,
     ) {

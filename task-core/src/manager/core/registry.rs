@@ -28,15 +28,10 @@ use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 
-use serde_json::Value;
-use tokio::sync::Notify;
-use tokio::task::AbortHandle;
-use tokio::time::Instant;
-
-use super::policy::{LimitState, SlotPolicy, Work};
-use crate::{Progress, RunCancellationToken, TaskId, TaskStatus, TaskSummary};
+use super::task::{Entry, OwnerShared, TaskSlot};
+use crate::{TaskId, TaskStatus};
 
 /// The hasher of the registry's tables: seeded per process, so ids chosen by
 /// callers cannot be crafted to collide, and several times cheaper than
@@ -46,204 +41,6 @@ pub(crate) type BuildHasher = foldhash::quality::RandomState;
 /// Distinct task types interned at most; beyond this, new types are stored
 /// per task (so a caller inventing types cannot grow the table unboundedly).
 const MAX_INTERNED_TYPES: usize = 4096;
-
-/// One owner, shared by its index and by every one of its tasks' slots.
-#[derive(Debug)]
-pub(crate) struct OwnerShared {
-    pub(crate) name: Arc<str>,
-    /// How many of the owner's tasks are running.
-    pub(crate) running: AtomicUsize,
-}
-
-/// One epoch of one task: its immutable identity and its locked state.
-#[derive(Debug)]
-pub(crate) struct TaskSlot {
-    pub(crate) task_id: TaskId,
-    pub(crate) owner: Arc<OwnerShared>,
-    pub(crate) task_type: Arc<str>,
-    pub(crate) description: String,
-    pub(crate) parent_task_id: Option<TaskId>,
-    /// The task's metadata (`None` for `null`).
-    pub(crate) metadata: Option<Box<Value>>,
-    pub(crate) created_at_ms: u64,
-    pub(crate) supports_resume: bool,
-    /// Its attempt, known when it starts (with a store: the durable one).
-    pub(crate) attempt: u32,
-    /// The unique id of the start of this epoch, written in its durable
-    /// record (with a store), so recovery knows a record is this epoch's.
-    pub(crate) run_id: Option<Box<str>>,
-    /// Unique per spawn: the epoch of this slot and its place in the owner's
-    /// creation order.
-    pub(crate) seq: u64,
-    /// Its timeout, retry policy and work to run again, when it has any.
-    pub(crate) policy: Option<Box<SlotPolicy>>,
-    /// Woken when the task stops running.
-    pub(crate) finished: Notify,
-    /// The task's mutable state; see [`lock`](Self::lock).
-    pub(crate) state: Mutex<Entry>,
-}
-
-impl TaskSlot {
-    /// The owner's id.
-    pub(crate) fn owner(&self) -> &str {
-        &self.owner.name
-    }
-
-    /// Locks the task's state. Every change is complete at each unlock, so
-    /// a poisoned lock is still consistent and is recovered.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Entry> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records that the task stopped running (once: callers check the status
-    /// they changed from).
-    pub(crate) fn stopped_running(&self) {
-        self.owner.running.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Whether nothing can run this task again: terminal, or stopped
-    /// without support for resume.
-    pub(crate) fn is_closed(&self, entry: &Entry) -> bool {
-        entry.status.is_terminal() || (entry.status == TaskStatus::Stopped && !self.supports_resume)
-    }
-
-    /// The task's summary as of `entry` (this slot's locked state).
-    pub(crate) fn summary(&self, entry: &Entry) -> TaskSummary {
-        TaskSummary {
-            task_id: self.task_id.clone(),
-            task_type: self.task_type.to_string(),
-            description: self.description.clone(),
-            status: entry.status,
-            error: entry.error.clone(),
-            result: entry.result.clone(),
-            created_at_ms: self.created_at_ms,
-            completed_at_ms: entry.completed_at_ms,
-            parent_task_id: self.parent_task_id.clone(),
-            supports_resume: self.supports_resume,
-            attempt: self.attempt,
-            metadata: self.metadata.as_deref().cloned().unwrap_or(Value::Null),
-            persistence_error: entry.persistence_error.clone(),
-        }
-    }
-
-    /// The task's cancellation token, made on first use. A task spawned
-    /// without a caller's token gets one only when something asks for it (its
-    /// context, mostly); it is born cancelled when the task's cancellation
-    /// was already requested or the task no longer runs.
-    pub(crate) fn token(&self) -> RunCancellationToken {
-        let mut entry = self.lock();
-        if let Some(token) = &entry.token {
-            return token.clone();
-        }
-        let token = RunCancellationToken::new();
-        if entry.cancel_requested || entry.shutting_down || entry.status != TaskStatus::Running {
-            token.cancel();
-        } else {
-            entry.token = Some(token.clone());
-        }
-        token
-    }
-}
-
-/// The mutable state of one task.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) status: TaskStatus,
-    pub(crate) error: Option<String>,
-    pub(crate) result: Option<Value>,
-    pub(crate) completed_at_ms: Option<u64>,
-    /// The last write error, or why a write is late; see `TaskSummary`.
-    pub(crate) persistence_error: Option<String>,
-    pub(crate) progress: Option<Progress>,
-    /// The caller's token, or the one made on first use; dropped once the
-    /// task has finished: nothing cancels it any more.
-    pub(crate) token: Option<RunCancellationToken>,
-    pub(crate) cancel_requested: bool,
-    /// Interrupted by `shutdown`, not cancelled by a caller.
-    pub(crate) shutting_down: bool,
-    pub(crate) abort: Option<AbortHandle>,
-    /// Its entry in the reaper's queue while a cancel grace runs.
-    pub(crate) reap: Option<u64>,
-    /// Callers inside `wait` for this epoch: the task is never collected
-    /// while there are any.
-    pub(crate) waiters: u32,
-    /// Store writes queued and not yet resolved, over all epochs of the id.
-    pub(crate) pending_writes: u32,
-    /// Since when the oldest unresolved write has been pending.
-    pub(crate) pending_since: Option<Instant>,
-    /// Whether the owner's count of closed tasks includes this one.
-    pub(crate) counted_closed: bool,
-    /// Its timeout passed: its cancellation was requested for that.
-    pub(crate) timed_out: bool,
-    /// Rarely used state: the work of a queued task, checkpoints.
-    pub(crate) extra: Option<Box<EntryExtra>>,
-    /// Outputs emitted by this epoch so far.
-    pub(crate) output_seq: u64,
-    /// Without a task store: the outputs kept for `output` (a bounded tail).
-    /// Boxed: most tasks never emit, and an empty `Option<Box<_>>` costs a
-    /// word where an empty `VecDeque` costs four, in every task's entry.
-    #[allow(clippy::box_collection)]
-    pub(crate) outputs: Option<Box<VecDeque<(u64, Value)>>>,
-}
-
-/// The rarely used part of a task's state, boxed out of every entry.
-#[derive(Debug, Default)]
-pub(crate) struct EntryExtra {
-    /// A queued task's work, taken when it starts.
-    pub(crate) work: Option<Work>,
-    /// The last checkpoint of this epoch.
-    pub(crate) checkpoint: Option<Value>,
-    /// Checkpoints made by this epoch so far.
-    pub(crate) checkpoint_seq: u64,
-}
-
-impl Entry {
-    /// The rarely used part, made on first use.
-    pub(crate) fn extra(&mut self) -> &mut EntryExtra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    /// The state of a task that starts running now.
-    pub(crate) fn running(token: Option<RunCancellationToken>, pending_writes: u32) -> Self {
-        Self {
-            status: TaskStatus::Running,
-            error: None,
-            result: None,
-            completed_at_ms: None,
-            persistence_error: None,
-            progress: None,
-            token,
-            cancel_requested: false,
-            shutting_down: false,
-            abort: None,
-            reap: None,
-            waiters: 0,
-            pending_writes,
-            pending_since: (pending_writes > 0).then(Instant::now),
-            counted_closed: false,
-            timed_out: false,
-            extra: None,
-            output_seq: 0,
-            outputs: None,
-        }
-    }
-
-    /// Counts `n` more writes pending.
-    pub(crate) fn add_pending(&mut self, n: u32) {
-        if self.pending_writes == 0 {
-            self.pending_since = Some(Instant::now());
-        }
-        self.pending_writes += n;
-    }
-
-    /// Counts `n` writes resolved (durable or given up).
-    pub(crate) fn resolve_pending(&mut self, n: u32) {
-        self.pending_writes = self.pending_writes.saturating_sub(n);
-        if self.pending_writes == 0 {
-            self.pending_since = None;
-        }
-    }
-}
 
 /// A slot in the id table, hashed and compared by its task id, so the table
 /// needs no copy of the id.
@@ -308,6 +105,15 @@ pub struct ManagerStats {
     pub id_table_capacity: usize,
     /// Store writes queued and not yet durable (0 without a task store).
     pub pending_writes: usize,
+}
+
+/// What the limits count and hold, under the registry lock.
+#[derive(Debug, Default)]
+pub(crate) struct LimitState {
+    /// Running tasks of each limited type.
+    pub(crate) running_by_type: HashMap<Arc<str>, usize, BuildHasher>,
+    /// Tasks waiting for the limits, in the order they were spawned.
+    pub(crate) queue: VecDeque<Arc<TaskSlot>>,
 }
 
 /// Every live task of a manager.
@@ -593,6 +399,9 @@ fn shrink_map<K: Hash + Eq, V>(map: &mut HashMap<K, V, BuildHasher>) {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::sync::Mutex;
+
+    use tokio::sync::Notify;
 
     use super::*;
 

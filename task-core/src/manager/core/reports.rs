@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::Core;
-use super::context::TaskHost;
-use super::registry::{TaskSlot, is_collectable};
+use super::registry::is_collectable;
+use super::task::TaskHost;
+use super::task::TaskSlot;
 use crate::manager::clock::duration_ms;
 use crate::manager::outbox::{Job, WriteOutcome, WriteReport, WriteReports};
 use crate::records::Change;

@@ -12,8 +12,8 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::Core;
-use super::context::TaskContext;
-use super::registry::TaskSlot;
+use super::task::TaskContext;
+use super::task::TaskSlot;
 use crate::{RunCancellationToken, TaskResult};
 
 /// How a task's tokio task ended.

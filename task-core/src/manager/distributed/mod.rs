@@ -22,7 +22,7 @@ use task_store::{ChangeSet, Thread, ThreadStoreError, VersionPrecondition};
 use tokio::time::Instant;
 
 use super::background::{Alive, Background};
-use super::builder::LeaseConfig;
+use super::config::LeaseConfig;
 use super::core::Core;
 use crate::protocol::{INSTANCE_KIND, InboxMessage, InstanceRecord, instance_thread};
 use crate::records::{Change, Known, LOAD_CONCURRENCY, decide};

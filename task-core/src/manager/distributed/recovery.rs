@@ -12,8 +12,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use task_store::{ThreadQuery, ThreadStoreError};
 
-use crate::manager::builder::LeaseConfig;
 use crate::manager::clock::duration_ms;
+use crate::manager::config::LeaseConfig;
 use crate::manager::core::{Core, interrupted};
 use crate::protocol::{
     INSTANCE_KIND, InstanceRecord, TASK_KIND, instance_of_thread, instance_thread, task_of_thread,

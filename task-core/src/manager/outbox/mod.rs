@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::background::Background;
-use super::builder::{OutboxConfig, OutboxFull};
+use super::config::{OutboxConfig, OutboxFull};
 use crate::records::{Change, Known};
 use crate::state::TaskRecord;
 use crate::{TaskError, TaskId, TaskStore};
