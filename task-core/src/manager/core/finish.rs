@@ -10,7 +10,6 @@ use super::supervise::Ended;
 use super::task::{Entry, TaskSlot};
 use super::{Core, interrupted};
 use crate::manager::clock::duration_ms;
-use crate::manager::outbox::Job;
 use crate::records::Change;
 use crate::state::Transition;
 use crate::{RunCancellationToken, TaskError, TaskEventKind, TaskResult, TaskStatus, validate};
@@ -206,25 +205,16 @@ impl Core {
             self.reaper.forget(number);
         }
         slot.finished.notify_waiters();
-        if let Some(outbox) = self.outbox.as_ref().filter(|_| durable) {
-            entry.add_pending(1);
-            outbox.enqueue(
-                Job {
-                    task_id: slot.task_id.clone(),
-                    owner: Arc::clone(&slot.owner.name),
-                    epoch: slot.seq,
-                    change: Change::Transition(Transition::Finish {
-                        attempt: slot.attempt,
-                        holder: was_running.then(|| self.lease.holder.clone()),
-                        status,
-                        result: entry.result.clone(),
-                        error: entry.error.clone(),
-                        at_ms,
-                    }),
-                    known: None,
-                },
-                None,
-            );
+        if durable {
+            let finish = Transition::Finish {
+                attempt: slot.attempt,
+                holder: was_running.then(|| self.lease.holder.clone()),
+                status,
+                result: entry.result.clone(),
+                error: entry.error.clone(),
+                at_ms,
+            };
+            self.queue_change(slot, entry, Change::Transition(finish), None, None);
         }
         self.emit(slot, TaskEventKind::Finished { status });
     }

@@ -13,7 +13,7 @@ use super::task::{Entry, SlotPolicy, TaskSlot, Work};
 use super::task::{TaskContext, TaskHost};
 use crate::WhenLimited;
 use crate::manager::clock::duration_ms;
-use crate::manager::outbox::{Job, Permit};
+use crate::manager::outbox::Permit;
 use crate::records::{Change, Known, VersionedRecord};
 use crate::state::{Lease, TaskRecord, Transition};
 use crate::{
@@ -271,9 +271,9 @@ impl Core {
         permit: Option<&mut Permit>,
         now_ms: u64,
     ) {
-        let Some(outbox) = &self.outbox else {
+        if self.outbox.is_none() {
             return;
-        };
+        }
         let record = Box::new(TaskRecord {
             attempt: slot.attempt,
             lease: Some(Lease {
@@ -298,17 +298,8 @@ impl Core {
                 now_ms,
             )
         });
-        entry.add_pending(1);
-        outbox.enqueue(
-            Job {
-                task_id: slot.task_id.clone(),
-                owner: Arc::clone(&slot.owner.name),
-                epoch: slot.seq,
-                change: Change::Transition(Transition::Start { record }),
-                known,
-            },
-            permit,
-        );
+        let start = Change::Transition(Transition::Start { record });
+        self.queue_change(slot, entry, start, known, permit);
     }
 
     /// Runs a registered, running epoch in its own tokio task.

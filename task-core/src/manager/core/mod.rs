@@ -32,7 +32,8 @@ use self::task::{Entry, SharedRun, SlotPolicy, TaskSlot};
 use super::background::Background;
 use super::clock::Clock;
 use super::config::{Config, LeaseConfig, RetentionPolicy};
-use super::outbox::{Outbox, WriteReports};
+use super::outbox::{Job, Outbox, Permit, WriteReports};
+use crate::records::{Change, Known};
 use crate::{
     RetryPolicy, RunCancellationToken, TaskError, TaskEvent, TaskEventKind, TaskId, TaskPolicy,
     TaskStatus, TaskSummary,
@@ -192,6 +193,32 @@ impl Core {
             token,
             previous_checkpoint: None,
         }))
+    }
+
+    /// Queues a durable change of a task's epoch in the outbox (under the
+    /// task's lock, which orders its changes) and counts it pending; nothing
+    /// without a store.
+    pub(crate) fn queue_change(
+        &self,
+        slot: &TaskSlot,
+        entry: &mut Entry,
+        change: Change,
+        known: Option<Known>,
+        permit: Option<&mut Permit>,
+    ) {
+        if let Some(outbox) = &self.outbox {
+            entry.add_pending(1);
+            outbox.enqueue(
+                Job {
+                    task_id: slot.task_id.clone(),
+                    owner: Arc::clone(&slot.owner.name),
+                    epoch: slot.seq,
+                    change,
+                    known,
+                },
+                permit,
+            );
+        }
     }
 
     // -------------------------------------------------------------------

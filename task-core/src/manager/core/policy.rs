@@ -131,26 +131,21 @@ impl super::Core {
         if let Some(number) = entry.reap.take() {
             self.reaper.forget(number);
         }
-        if let Some(outbox) = &self.outbox {
-            entry.add_pending(1);
-            outbox.enqueue(
-                crate::manager::outbox::Job {
-                    task_id: slot.task_id.clone(),
-                    owner: Arc::clone(&slot.owner.name),
-                    epoch: slot.seq,
-                    change: crate::records::Change::Transition(crate::Transition::Finish {
-                        attempt: slot.attempt,
-                        holder: Some(self.lease.holder.clone()),
-                        status: TaskStatus::Failed,
-                        result: None,
-                        error: error.clone(),
-                        at_ms,
-                    }),
-                    known: None,
-                },
-                None,
-            );
-        }
+        let failed = crate::Transition::Finish {
+            attempt: slot.attempt,
+            holder: Some(self.lease.holder.clone()),
+            status: TaskStatus::Failed,
+            result: None,
+            error: error.clone(),
+            at_ms,
+        };
+        self.queue_change(
+            slot,
+            entry,
+            crate::records::Change::Transition(failed),
+            None,
+            None,
+        );
         self.emit(
             slot,
             crate::TaskEventKind::RetryScheduled {

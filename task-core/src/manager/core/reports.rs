@@ -1,8 +1,6 @@
 //! What reaches the core from outside a task's own code: its output and
 //! progress (through its context) and the outbox's reports of its writes.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::Core;
@@ -10,7 +8,7 @@ use super::registry::is_collectable;
 use super::task::TaskHost;
 use super::task::TaskSlot;
 use crate::manager::clock::duration_ms;
-use crate::manager::outbox::{Job, WriteOutcome, WriteReport, WriteReports};
+use crate::manager::outbox::{WriteOutcome, WriteReport, WriteReports};
 use crate::records::Change;
 use crate::{Progress, TaskError, TaskEventKind, TaskStatus, validate};
 
@@ -37,21 +35,12 @@ impl TaskHost for Core {
         match &core.outbox {
             Some(outbox) => {
                 outbox.has_room()?;
-                entry.add_pending(1);
-                outbox.enqueue(
-                    Job {
-                        task_id: slot.task_id.clone(),
-                        owner: Arc::clone(&slot.owner.name),
-                        epoch: slot.seq,
-                        change: Change::Output {
-                            attempt: slot.attempt,
-                            seq,
-                            value,
-                        },
-                        known: None,
-                    },
-                    None,
-                );
+                let output = Change::Output {
+                    attempt: slot.attempt,
+                    seq,
+                    value,
+                };
+                core.queue_change(slot, &mut entry, output, None, None);
             }
             None => {
                 let outputs = entry.outputs.get_or_insert_with(Box::default);
@@ -103,24 +92,13 @@ impl Core {
         extra.checkpoint_seq += 1;
         let seq = extra.checkpoint_seq;
         extra.checkpoint = Some(value.clone());
-        if let Some(outbox) = &self.outbox {
-            entry.add_pending(1);
-            outbox.enqueue(
-                Job {
-                    task_id: slot.task_id.clone(),
-                    owner: Arc::clone(&slot.owner.name),
-                    epoch: slot.seq,
-                    change: Change::Transition(crate::Transition::Checkpoint {
-                        attempt: slot.attempt,
-                        seq,
-                        value,
-                        at_ms: self.clock.now_ms(),
-                    }),
-                    known: None,
-                },
-                None,
-            );
-        }
+        let checkpoint = crate::Transition::Checkpoint {
+            attempt: slot.attempt,
+            seq,
+            value,
+            at_ms: self.clock.now_ms(),
+        };
+        self.queue_change(slot, &mut entry, Change::Transition(checkpoint), None, None);
         Ok(())
     }
 }
