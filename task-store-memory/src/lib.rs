@@ -394,10 +394,7 @@ impl Inner {
             return;
         }
         let now = Instant::now();
-        loop {
-            let Some((at, id, mark)) = self.retention.queue.front() else {
-                break;
-            };
+        while let Some((at, id, mark)) = self.retention.queue.front() {
             let current = self.threads.get(id).and_then(|r| r.finished_mark);
             if current != Some(*mark) {
                 self.retention.queue.pop_front();
