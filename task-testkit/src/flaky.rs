@@ -186,6 +186,12 @@ impl Fault {
         self.trigger = trigger;
         self
     }
+
+    /// Whether the fault fails the calls it fires on ([`Effect::Fail`] or
+    /// [`Effect::CommitThenFail`]), rather than delaying or holding them.
+    pub fn fails(&self) -> bool {
+        matches!(self.effect, Effect::Fail(_) | Effect::CommitThenFail)
+    }
 }
 
 /// Holds calls hit by an [`Effect::Hang`] until released.
@@ -323,6 +329,17 @@ impl FaultCounts {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Setting versus stacking
+///
+/// [`inject`](FlakyStore::inject) (and [`fail_next`](FlakyStore::fail_next),
+/// built on it) adds a fault on top of the plan, so faults stack:
+/// `inject(Append, Fault::fail().with_probability(0.1))` then
+/// `inject(Append, Fault::latency(d))` makes appends both slow and flaky.
+/// [`fail_appends(n)`](FlakyStore::fail_appends) instead *sets* the number of
+/// appends still to fail: it replaces every failing fault of appends, so
+/// `fail_appends(0)` heals them, and [`remaining_failures`](FlakyStore::remaining_failures)
+/// reads the count back.
 ///
 /// # Determinism
 ///
@@ -470,7 +487,10 @@ impl FlakyStore {
         &self.inner
     }
 
-    /// Adds a fault to the plan of `operation`, after those already there.
+    /// Adds a fault to the plan of `operation`, after those already there:
+    /// faults stack, each with its own trigger (see the evaluation rules on
+    /// [`FlakyStore`]). To *set* how many appends fail instead, use
+    /// [`fail_appends`](Self::fail_appends).
     pub fn inject(&self, operation: Operation, fault: Fault) -> &Self {
         self.plan().faults.push(Armed {
             operation,
@@ -480,29 +500,77 @@ impl FlakyStore {
         self
     }
 
-    /// Makes the next `n` calls of `operation` fail with a retryable
-    /// [`ThreadStoreError::Unavailable`].
+    /// Adds a fault that fails the next `n` calls of `operation` with a
+    /// retryable [`ThreadStoreError::Unavailable`]: `inject(operation,
+    /// Fault::fail().next(n))`. It stacks on the faults already there, like
+    /// every [`inject`](Self::inject).
     pub fn fail_next(&self, operation: Operation, n: usize) -> &Self {
         self.inject(operation, Fault::fail().next(n))
     }
 
-    /// Makes the next `n` appends (each request of a batch counts) fail with
-    /// a retryable [`ThreadStoreError::Unavailable`], without reaching the
-    /// inner store.
+    /// Sets how many appends are still to fail: the next `n` appends (each
+    /// request of a batch counts) fail with a retryable
+    /// [`ThreadStoreError::Unavailable`] without reaching the inner store,
+    /// and every append after them goes through. `fail_appends(0)` heals
+    /// appends at once.
+    ///
+    /// It *sets* the count, it does not add to it: every fault of
+    /// [`Operation::Append`] that fails calls ([`Effect::Fail`] and
+    /// [`Effect::CommitThenFail`], whether added by an earlier
+    /// `fail_appends` or by [`inject`](Self::inject)) is replaced. Latency
+    /// and hang faults of appends, and the faults of other operations, stay.
+    /// To stack failures on a plan, use [`inject`](Self::inject) or
+    /// [`fail_next`](Self::fail_next).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use task_store_memory::MemoryStore;
+    /// # use task_testkit::FlakyStore;
+    /// let store = FlakyStore::with_seed(Arc::new(MemoryStore::new()), 7);
+    /// store.fail_appends(5);
+    /// store.fail_appends(2);
+    /// assert_eq!(store.remaining_failures(), 2, "set, not added");
+    /// store.fail_appends(0);
+    /// assert_eq!(store.remaining_failures(), 0, "healed");
+    /// ```
     pub fn fail_appends(&self, n: usize) -> &Self {
-        self.fail_next(Operation::Append, n)
+        let mut plan = self.plan();
+        plan.faults
+            .retain(|armed| !(armed.operation == Operation::Append && armed.fault.fails()));
+        if n > 0 {
+            plan.faults.push(Armed {
+                operation: Operation::Append,
+                fault: Fault::fail().next(n),
+                seen: 0,
+            });
+        }
+        self
     }
 
-    /// How many scripted failures (`Next(n)` faults that fail or commit then
-    /// fail, of every operation) are still to come.
+    /// How many calls the scripted failures still to come will fail:
+    /// [`Trigger::Next`] faults that fail or commit then fail, of every
+    /// operation. Faults of one operation fire on the same calls, so for
+    /// each operation this counts the largest of its remaining counts, not
+    /// their sum. Faults with other triggers (always, every k-th, with a
+    /// probability) are not counted.
+    ///
+    /// After [`fail_appends(n)`](Self::fail_appends) on a store with no
+    /// other scripted failures it is `n`, and each failed append takes one
+    /// off.
     pub fn remaining_failures(&self) -> usize {
-        self.plan()
-            .faults
+        let plan = self.plan();
+        Operation::ALL
             .iter()
-            .filter(|armed| matches!(armed.fault.effect, Effect::Fail(_) | Effect::CommitThenFail))
-            .map(|armed| match armed.fault.trigger {
-                Trigger::Next(remaining) => remaining,
-                _ => 0,
+            .map(|&operation| {
+                plan.faults
+                    .iter()
+                    .filter(|armed| armed.operation == operation && armed.fault.fails())
+                    .map(|armed| match armed.fault.trigger {
+                        Trigger::Next(remaining) => remaining,
+                        _ => 0,
+                    })
+                    .max()
+                    .unwrap_or(0)
             })
             .sum()
     }
