@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde_json::json;
 use task_store::{
-    ChangeSet, Committed, Message, NewMessage, Thread, ThreadStore, ThreadStoreError,
-    VersionPrecondition,
+    AppendRequest, ChangeSet, Committed, Message, NewMessage, Thread, ThreadStore,
+    ThreadStoreError, VersionPrecondition,
 };
 
 use super::CaseResult;
-use super::support::run;
+use super::support::{Context, run};
 
 /// Messages whose id is already in the log, or earlier in the same write, are skipped and counted.
 pub async fn messages_with_known_ids_are_skipped(
@@ -200,6 +200,125 @@ pub async fn change_set_that_changes_nothing_keeps_the_version(
             )
             .await?;
         ensure_eq!(committed.version, 2, "the next real change's version");
+        Ok(())
+    })
+    .await
+}
+
+/// The ids of messages `range` as `m0000`, `m0001`...
+fn numbered(range: std::ops::Range<usize>) -> Vec<NewMessage> {
+    range
+        .map(|i| NewMessage::with_id(format!("m{i:04}"), json!({ "i": i })))
+        .collect()
+}
+
+/// Message ids are de-duplicated against the thread's whole history, not a
+/// window of recent ids: 1,200 messages written by `create`, `append`,
+/// `append_batch` and `save` in chunks, then the oldest, a middle and the
+/// newest ids are retried through each kind of write and all skipped; the
+/// log keeps one message per id, in order.
+pub async fn message_ids_are_deduplicated_over_the_whole_history(
+    store: Arc<dyn ThreadStore>,
+    prefix: &str,
+) -> CaseResult {
+    const TOTAL: usize = 1200;
+    const CHUNK: usize = 100;
+    run(store, prefix, |cx| async move {
+        let kind = cx.name("kind");
+        let id = cx.id("long-history");
+        let mut thread = Thread::new(&id, &kind);
+        thread.messages = numbered(0..CHUNK);
+        cx.create(thread).await?;
+        for (n, start) in (CHUNK..TOTAL).step_by(CHUNK).enumerate() {
+            let messages = numbered(start..start + CHUNK);
+            let committed = match n % 3 {
+                0 => {
+                    let changes = ChangeSet {
+                        messages,
+                        ..ChangeSet::default()
+                    };
+                    cx.append(&id, changes, VersionPrecondition::Any).await?
+                }
+                1 => {
+                    let changes = ChangeSet {
+                        messages,
+                        ..ChangeSet::default()
+                    };
+                    let mut results = cx
+                        .store
+                        .append_batch(vec![AppendRequest {
+                            id: id.clone(),
+                            changes,
+                            precondition: VersionPrecondition::Any,
+                        }])
+                        .await;
+                    ensure_eq!(results.len(), 1, "append_batch's result count");
+                    results.remove(0).ctx("append_batch of a chunk")?
+                }
+                _ => {
+                    let mut thread = Thread::new(&id, &kind);
+                    thread.messages = messages;
+                    cx.store.save(thread).await.ctx("save of a chunk")?
+                }
+            };
+            ensure_eq!(
+                (committed.appended, committed.skipped),
+                (CHUNK as u64, 0),
+                "the chunk from m{start:04}"
+            );
+        }
+        let version = cx.load(&id).await?.version;
+        let old = [0, 1, 99, 100, 555, TOTAL - CHUNK - 1, TOTAL - 1];
+        let retried = || {
+            old.iter()
+                .map(|i| NewMessage::with_id(format!("m{i:04}"), json!("retried")))
+                .collect::<Vec<_>>()
+        };
+        let changes = ChangeSet {
+            messages: retried(),
+            ..ChangeSet::default()
+        };
+        let committed = cx
+            .append(&id, changes.clone(), VersionPrecondition::Any)
+            .await?;
+        ensure_eq!(
+            (committed.appended, committed.skipped, committed.version),
+            (0, old.len() as u64, version),
+            "an append retrying ids from the whole history (appended, skipped, version)"
+        );
+        let mut results = cx
+            .store
+            .append_batch(vec![AppendRequest {
+                id: id.clone(),
+                changes,
+                precondition: VersionPrecondition::Exact(version),
+            }])
+            .await;
+        ensure_eq!(results.len(), 1, "append_batch's result count");
+        let committed = results.remove(0).ctx("append_batch retrying old ids")?;
+        ensure_eq!(
+            (committed.appended, committed.skipped, committed.version),
+            (0, old.len() as u64, version),
+            "an append_batch retrying old ids (appended, skipped, version)"
+        );
+        let mut thread = Thread::new(&id, &kind);
+        thread.messages = retried();
+        let committed = cx.store.save(thread).await.ctx("save retrying old ids")?;
+        ensure_eq!(
+            (committed.appended, committed.skipped),
+            (0, old.len() as u64),
+            "a save retrying old ids (appended, skipped)"
+        );
+        let messages = cx.messages(&id).await?;
+        ensure_eq!(messages.len(), TOTAL, "messages in the log");
+        for (i, message) in messages.iter().enumerate() {
+            ensure!(
+                message.seq == i as u64 + 1
+                    && message.id.as_deref() == Some(format!("m{i:04}").as_str())
+                    && message.body == json!({ "i": i }),
+                "message {i} of the log is {message:?}"
+            );
+        }
         Ok(())
     })
     .await

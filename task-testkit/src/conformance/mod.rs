@@ -51,23 +51,29 @@
 #[macro_use]
 mod support;
 
+mod atomicity;
 mod basics;
 mod batches;
 mod concurrency;
+mod indexes;
 mod invalid_input;
 mod lifecycle;
 mod messages;
 mod open_index;
 mod paging;
 mod runner;
+mod signals;
+mod versions;
 
 use std::sync::Arc;
 
 use task_store::ThreadStore;
 
+pub use atomicity::*;
 pub use basics::*;
 pub use batches::*;
 pub use concurrency::*;
+pub use indexes::*;
 pub use invalid_input::*;
 pub use lifecycle::*;
 pub use messages::*;
@@ -76,6 +82,8 @@ pub use paging::*;
 pub use runner::{
     Area, CASES, Case, CaseFn, CaseOutcome, Report, RunOptions, Verdict, run_all, run_cases,
 };
+pub use signals::*;
+pub use versions::*;
 
 /// What a case returns: `Err` says which expectation failed and how.
 pub type CaseResult = Result<(), String>;
@@ -194,6 +202,9 @@ macro_rules! __conformance_case_list {
             Messages: messages_with_known_ids_are_skipped,
             Messages: message_ids_are_scoped_to_their_thread,
             Messages: change_set_that_changes_nothing_keeps_the_version,
+            Messages: message_ids_are_deduplicated_over_the_whole_history,
+            Versions: every_kind_of_write_moves_the_version_by_one_or_not_at_all,
+            Atomicity: refused_writes_leave_no_trace,
             Paging: message_pages_follow_cursors,
             Paging: message_page_limits_are_clamped,
             Paging: list_by_parent_pages_without_duplicates_or_gaps,
@@ -201,6 +212,8 @@ macro_rules! __conformance_case_list {
             Paging: list_by_parent_and_kind_pages_without_duplicates_or_gaps,
             Paging: list_page_limits_are_clamped,
             Paging: list_without_filters_lists_every_thread,
+            Indexes: indexes_follow_every_write_then_delete,
+            Indexes: listings_keep_ids_that_are_prefixes_of_one_another_apart,
             Lifecycle: deleted_thread_is_gone_from_loads_and_listings,
             Lifecycle: delete_is_idempotent,
             Lifecycle: save_creates_a_missing_thread,
@@ -210,6 +223,8 @@ macro_rules! __conformance_case_list {
             InvalidInput: invalid_parents_and_kinds_are_refused_and_nothing_written,
             InvalidInput: invalid_message_ids_are_refused_and_nothing_written,
             InvalidInput: invalid_query_ids_are_refused,
+            InvalidInput: invalid_ids_are_refused_in_every_argument,
+            InvalidInput: ids_at_the_edge_of_validity_round_trip,
             Concurrency: concurrent_exact_appends_have_exactly_one_winner,
             Concurrency: compare_and_swap_loops_lose_no_update,
             Concurrency: concurrent_any_appends_all_commit,
@@ -226,6 +241,9 @@ macro_rules! __conformance_case_list {
             OpenIndex: open_listing_follows_the_finished_mark,
             OpenIndex: open_listing_follows_every_kind_of_write,
             OpenIndex: open_listing_pages_without_gaps_while_threads_finish,
+            OpenIndex: open_indexes_follow_every_write_then_delete,
+            OpenIndex: open_listings_keep_ids_that_are_prefixes_of_one_another_apart,
+            Signals: signals_wake_every_watcher_of_their_channel,
         }
     };
 }

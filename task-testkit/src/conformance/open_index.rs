@@ -11,7 +11,7 @@ use task_store::{
 };
 
 use super::CaseResult;
-use super::support::{Context, Cx, run};
+use super::support::{Context, Cx, list_pages_within, run};
 
 /// The open ids of this case under a parent, a kind, both, or neither (the
 /// unfiltered listing, restricted to the case's prefix).
@@ -27,7 +27,8 @@ async fn open_ids(
         limit: 3,
         after: (parent.is_none() && kind.is_none()).then(|| cx.prefix.clone()),
     };
-    let mut ids = cx.list_pages(query).await?;
+    let within = query.after.clone();
+    let mut ids = list_pages_within(&*cx.store, query, within.as_deref()).await?;
     ids.retain(|id| id.starts_with(&cx.prefix));
     Ok(ids)
 }

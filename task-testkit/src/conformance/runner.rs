@@ -17,10 +17,17 @@ use super::{CaseResult, CaseStore, fresh_prefix};
 pub enum Area {
     /// Creating, loading and appending one thread.
     Basics,
-    /// Message-id de-duplication.
+    /// Message-id de-duplication over a thread's whole history.
     Messages,
+    /// What each kind of write does to the version.
+    Versions,
+    /// Refused writes leave no trace.
+    Atomicity,
     /// Message pages and thread listings: cursors, limits.
     Paging,
+    /// The listing indexes follow every write, and keep ids that are
+    /// prefixes of one another apart.
+    Indexes,
     /// Deleting, saving and the finished mark.
     Lifecycle,
     /// Invalid ids are refused and change nothing.
@@ -31,6 +38,8 @@ pub enum Area {
     Batches,
     /// The open index (`ThreadQuery::open_only`).
     OpenIndex,
+    /// Wake-up signals, where the store offers them.
+    Signals,
 }
 
 impl Area {
@@ -40,12 +49,16 @@ impl Area {
         match self {
             Area::Basics => "basics",
             Area::Messages => "messages",
+            Area::Versions => "versions",
+            Area::Atomicity => "atomicity",
             Area::Paging => "paging",
+            Area::Indexes => "indexes",
             Area::Lifecycle => "lifecycle",
             Area::InvalidInput => "invalid_input",
             Area::Concurrency => "concurrency",
             Area::Batches => "batches",
             Area::OpenIndex => "open_index",
+            Area::Signals => "signals",
         }
     }
 }

@@ -195,11 +195,23 @@ where
 }
 
 /// Pages through a listing with `query.limit`, checking that every page is
-/// within the limit, in strictly ascending order after the previous page, and
-/// that `next` is the last id of a full page and `None` only at the end.
+/// within the limit, in strictly ascending order after the cursor and the
+/// previous page, and that `next` is the last id of a full page and `None`
+/// only at the end.
 pub(super) async fn list_pages(
     store: &dyn ThreadStore,
+    query: ThreadQuery,
+) -> Result<Vec<String>, String> {
+    list_pages_within(store, query, None).await
+}
+
+/// [`list_pages`], stopping at the first id that does not start with
+/// `within` (when given): on a store shared with other cases, an unfiltered
+/// listing from a case's prefix need not page through every other thread.
+pub(super) async fn list_pages_within(
+    store: &dyn ThreadStore,
     mut query: ThreadQuery,
+    within: Option<&str>,
 ) -> Result<Vec<String>, String> {
     let limit = task_store::effective_limit(query.limit);
     let mut all: Vec<String> = Vec::new();
@@ -214,11 +226,14 @@ pub(super) async fn list_pages(
             page.ids.len()
         );
         for id in &page.ids {
-            if let Some(last) = all.last() {
+            if let Some(last) = all.last().or(query.after.as_ref()) {
                 ensure!(
                     id > last,
                     "listing {query:?}: {id:?} comes after {last:?} (duplicate or out of order)"
                 );
+            }
+            if within.is_some_and(|within| !id.starts_with(within)) {
+                return Ok(all);
             }
             all.push(id.clone());
         }
@@ -268,16 +283,53 @@ pub(super) fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
-/// Ids that every backend must refuse, built on `prefix` where possible.
+/// Ids that every backend must refuse, built on `prefix` where possible:
+/// empty; C0 controls (`\0`, `\t`, `\n`, `\r`, ESC, U+001F), DEL, and the
+/// C1 controls that are not ASCII (U+0080, U+0085, U+009F), at the start,
+/// in the middle and at the end; one byte over [`MAX_ID_LEN`]; and an id
+/// over the limit in bytes but under it in characters (a backend that counts
+/// characters lets it through).
 pub(super) fn invalid_ids(prefix: &str) -> Vec<String> {
+    let over_in_bytes = (MAX_ID_LEN.saturating_sub(prefix.len())) / 2 + 1;
     vec![
         String::new(),
         format!("{prefix}new\nline"),
         format!("{prefix}nul\0"),
         format!("{prefix}tab\there"),
+        format!("{prefix}cr\r"),
+        format!("{prefix}esc\u{1b}[0m"),
+        format!("{prefix}us\u{1f}"),
         format!("{prefix}del\u{7f}"),
-        format!("{prefix}{}", "x".repeat(MAX_ID_LEN + 1)),
+        format!("{prefix}pad\u{80}"),
+        format!("{prefix}nel\u{85}line"),
+        format!("{prefix}\u{fc}\u{9f}"),
+        format!("\u{85}{prefix}"),
+        format!(
+            "{prefix}{}",
+            "x".repeat(MAX_ID_LEN + 1 - prefix.len().min(MAX_ID_LEN))
+        ),
+        format!("{prefix}{}", "\u{e9}".repeat(over_in_bytes)),
     ]
 }
 
-// ---------------------------------------------------------------------------
+/// Fails unless thread `id` does not exist.
+pub(super) async fn ensure_absent(cx: &Cx, id: &str, what: &str) -> CaseResult {
+    let head = cx.store.load(id).await.ctx(format_args!("load {id:?}"))?;
+    ensure!(head.is_none(), "{what}: {id:?} exists: {head:?}");
+    Ok(())
+}
+
+/// The head and the whole log of a thread, to compare before and after.
+pub(super) async fn snapshot(cx: &Cx, id: &str) -> Result<(ThreadHead, Vec<Message>), String> {
+    Ok((cx.load(id).await?, cx.messages(id).await?))
+}
+
+/// A listing query by parent and/or kind, every thread or the open ones.
+pub(super) fn query(parent: Option<&str>, kind: Option<&str>, open_only: bool) -> ThreadQuery {
+    ThreadQuery {
+        parent_id: parent.map(str::to_owned),
+        kind: kind.map(str::to_owned),
+        open_only,
+        ..ThreadQuery::default()
+    }
+}
