@@ -5,8 +5,9 @@
 //!   [`conformance_tests!`].
 //! - [`FlakyStore`]: a `ThreadStore` wrapper that injects faults from a plan,
 //!   deterministically given a seed.
-//! - [`broken`]: deliberately broken stores, to show that the suite catches
-//!   what it claims to.
+//! - [`broken`]: the suite's self-test by mutation: broken stores, each
+//!   with one subtle defect, that the suite must catch, and a faithful
+//!   pass-through that must pass it.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
 
