@@ -2,7 +2,8 @@
 //! checked behaviour by behaviour.
 //!
 //! Every backend and every wrapper runs all of it from its own
-//! `tests/conformance.rs`, through [`conformance_tests!`](crate::conformance_tests):
+//! `tests/conformance.rs`, with one call of
+//! [`conformance_tests!`](crate::conformance_tests) per store:
 //!
 //! ```
 //! // tests/conformance.rs of a backend crate
@@ -18,35 +19,109 @@
 //! }
 //!
 //! task_testkit::conformance_tests!(make_store());
+//! // or, with the module named: task_testkit::conformance_tests!(my_store, make_store());
 //! # fn main() {}
 //! ```
 //!
-//! The macro stamps out a module `conformance` holding one
-//! `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]` per case, so
-//! `cargo test conformance` runs them all and
+//! The macro stamps out a module (`conformance`, or the name given first)
+//! holding one `#[tokio::test(flavor = "multi_thread", worker_threads = 4)]`
+//! per case, so `cargo test conformance` runs them all and
 //! `cargo test conformance::create_then_load_round_trips` runs one. The test
 //! crate needs `tokio` (features `macros` and `rt-multi-thread`) as a
-//! dev-dependency. `conformance_tests!(my_module, make_store())` names the
-//! module, so one test crate can run the suite on several stores.
+//! dev-dependency. Naming the module lets one test crate run the suite on
+//! several stores (a plain and a clustered server, two configurations).
 //!
-//! The factory expression is evaluated once per case and must produce a future
-//! whose output is a store: `Arc<dyn ThreadStore>`, `Arc<S>` for a concrete
-//! store, or an `Option` of either, where `None` skips the case (for a backend
-//! whose server cannot be had; the factory says why, loudly). Several cases
-//! may share one server: each case works under a fresh random prefix
-//! ([`fresh_prefix`]) for its thread ids, parents and kinds, and deletes the
-//! threads it created when it ends.
+//! # The factory
 //!
-//! The cases are also data: [`CASES`] lists every one with its name and
-//! [`Area`], and [`run_all`] runs them all against a factory and returns a
-//! [`Report`], for harnesses that are not libtest. Each case is also a plain
-//! `pub async fn(store, prefix) -> CaseResult` that returns `Err(what went
-//! wrong)` instead of panicking, so a test can run a case against a store
-//! that is meant to fail it (see [`broken`](crate::broken)).
+//! The factory is an expression, evaluated once per case inside the
+//! generated module (which imports everything from the module where the
+//! macro is called), of type `impl Future<Output = S>` where `S:`
+//! [`CaseStore`]:
+//!
+//! | the future's output | means |
+//! |---|---|
+//! | `Arc<dyn ThreadStore>` or `Arc<S>` (`S: ThreadStore`) | run the case on this store |
+//! | `Option<Arc<dyn ThreadStore>>` or `Option<Arc<S>>` | `None` skips the case: the backend's server cannot be had here (say why, loudly; under `CI=true`, panic instead) |
+//!
+//! For [`run_all`] and [`run_cases`] the factory is a closure
+//! `FnMut() -> impl Future<Output = S>` with the same `S`, called once per
+//! case just before the case runs.
+//!
+//! The factory may return a fresh store each time or the same one, and the
+//! stores may share one server (libtest runs the cases in parallel): the
+//! cases never depend on anything they did not write themselves.
+//!
+//! # Prefixes: what a case writes
+//!
+//! Each case runs under its own prefix, `conformance-<16 random hex
+//! digits>:` ([`fresh_prefix`]), shown in every failure. Every thread id,
+//! parent id, kind and signal channel a case writes starts with it; message
+//! ids are per thread, so they are not prefixed. The invalid ids a case
+//! sends (refused, never written) are built on the prefix too, except the
+//! empty id and one that starts with a control character. A case deletes the
+//! threads it created when it ends, pass or fail; only a case that is
+//! aborted (a panic in the store, a timeout of [`run_cases`]) leaves
+//! threads behind, all under its prefix. Listings without a filter read from
+//! the prefix on (`after = prefix`) and stop at the first id beyond it, so a
+//! case never looks at another's threads; a backend may still give each
+//! store its own key prefix or schema for extra isolation.
+//!
+//! # The cases as data
+//!
+//! [`CASES`] lists every case once, with its name (the name of its test and
+//! of its `pub async fn` here), its [`Area`] and its function ([`CaseFn`]).
+//! [`run_all`] runs them all against a factory and returns a [`Report`];
+//! [`run_cases`] runs a selection with [`RunOptions`] (a per-case timeout, how
+//! many at once), for harnesses that are not libtest:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use task_testkit::conformance::{self, Area, CASES, RunOptions};
+//! # use task_store_memory::MemoryStore as MyStore;
+//!
+//! # #[tokio::main]
+//! # async fn main() {
+//! let paging = CASES.iter().filter(|case| case.area == Area::Paging);
+//! let report = conformance::run_cases(
+//!     paging,
+//!     || async { Arc::new(MyStore::new()) },
+//!     RunOptions::default().with_parallelism(4),
+//! )
+//! .await;
+//! assert!(report.all_passed(), "{report}");
+//! for outcome in &report.outcomes {
+//!     println!("{} {:?} in {:?}", outcome.case.name, outcome.verdict, outcome.elapsed);
+//! }
+//! # }
+//! ```
+//!
+//! Each case is also a plain `pub async fn(store: Arc<dyn ThreadStore>,
+//! prefix: &str) -> CaseResult` that returns `Err(what went wrong)` instead
+//! of panicking, so a test can run one case against a store that is meant to
+//! fail it (see [`broken`](crate::broken), the suite's self-test by
+//! mutation).
+//!
+//! # Areas
+//!
+//! | area | file | checks |
+//! |---|---|---|
+//! | [`Area::Basics`] | `basics.rs` | create, load and append round-trip every field; taken ids; `Exact` and `Any`; missing threads; 1 MiB values; special characters |
+//! | [`Area::Messages`] | `messages.rs` | message-id de-duplication per thread, over the whole history |
+//! | [`Area::Versions`] | `versions.rs` | what each kind of write does to the version, and that a write reports what a load reads |
+//! | [`Area::Atomicity`] | `atomicity.rs` | refused writes leave no trace: no state, mark, index entry or message id |
+//! | [`Area::Paging`] | `paging.rs` | message pages and listings: cursors, limits, no duplicate or gap |
+//! | [`Area::Indexes`] | `indexes.rs` | listings follow every write that changes a parent or kind, down to the delete; ids that are prefixes of one another |
+//! | [`Area::Lifecycle`] | `lifecycle.rs` | delete, save (create or replace, re-index), the finished mark |
+//! | [`Area::InvalidInput`] | `invalid_input.rs` | every invalid id refused in every argument; ids at the edge of validity accepted |
+//! | [`Area::Concurrency`] | `concurrency.rs` | one winner per `Exact(v)` and per id; no lost update |
+//! | [`Area::Batches`] | `batches.rs` | `append_batch` and `create_batch`: each item on its own, in order |
+//! | [`Area::OpenIndex`] | `open_index.rs` | `open_only` listings follow the finished mark in the same write |
+//! | [`Area::Signals`] | `signals.rs` | a store that offers signals wakes every watcher |
 //!
 //! The list of cases is written once, in `__conformance_case_list!`: the
 //! macro, [`CASES`] and [`run_all`] all read it, and a test of this crate
-//! checks that every `pub async fn` of the suite's files is on it.
+//! checks that every `pub async fn` of the area files is on it.
 
 #[macro_use]
 mod support;

@@ -43,6 +43,22 @@ pub enum Area {
 }
 
 impl Area {
+    /// Every area, in the order of the suite's table.
+    pub const ALL: [Area; 12] = [
+        Area::Basics,
+        Area::Messages,
+        Area::Versions,
+        Area::Atomicity,
+        Area::Paging,
+        Area::Indexes,
+        Area::Lifecycle,
+        Area::InvalidInput,
+        Area::Concurrency,
+        Area::Batches,
+        Area::OpenIndex,
+        Area::Signals,
+    ];
+
     /// The area's name, as its file in the suite is named: `"basics"`,
     /// `"open_index"`...
     pub fn as_str(self) -> &'static str {
@@ -339,7 +355,10 @@ async fn run_one(
                     Err(join) => format!("the case's task ended abnormally: {join}"),
                 }),
                 Err(_) => {
+                    // Wait until the case's future is dropped, so nothing of
+                    // it runs on once its outcome is reported.
                     handle.abort();
+                    let _ = handle.await;
                     Verdict::Failed(format!("the case did not finish within {timeout:?}"))
                 }
             }
