@@ -8,12 +8,17 @@
 //! - [`broken`]: the suite's self-test by mutation: broken stores, each
 //!   with one subtle defect, that the suite must catch, and a faithful
 //!   pass-through that must pass it.
+//! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of any
+//!   server, with scripted faults on the wire (latency, bandwidth, blackhole,
+//!   resets, cuts, dropped replies), seeded like `FlakyStore`.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
 
 pub mod broken;
 pub mod conformance;
 mod flaky;
+pub mod proxy;
 pub mod redis_server;
 
 pub use flaky::*;
+pub use proxy::FaultProxy;
