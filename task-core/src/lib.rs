@@ -81,6 +81,8 @@ mod model;
 pub mod state;
 pub mod store;
 mod task_store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use context::TaskContext;
 pub use error::TaskError;

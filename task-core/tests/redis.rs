@@ -4,8 +4,6 @@
 
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -29,7 +27,7 @@ async fn shared_redis() -> Option<Arc<dyn ThreadStore>> {
     Some(Arc::new(store))
 }
 
-persistence_suite!(shared_redis());
+task_core::persistence_tests!(shared_redis());
 
 fn fast_options(prefix: &str) -> RedisStoreOptions {
     RedisStoreOptions::default()
