@@ -22,6 +22,7 @@
 //!
 //! Never use these outside tests of the suite itself.
 
+mod defect;
 mod small;
 
 use std::sync::Arc;
@@ -33,7 +34,8 @@ use task_store::{
     VersionPrecondition,
 };
 
-pub use small::{Defect, SmallStore};
+pub use defect::Defect;
+pub use small::SmallStore;
 
 /// A broken store of the catalogue, see [`mutants`].
 #[derive(Debug, Clone, Copy)]
