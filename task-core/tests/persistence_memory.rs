@@ -19,7 +19,7 @@ mod run_all {
 
     use task_core::testing::{self, CASES, Verdict};
     use task_store_memory::MemoryStore;
-    use task_testkit::broken::{Defect, IgnoresPreconditions, SmallStore};
+    use task_testkit::broken::{Defect, SmallStore};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_case_passes_on_correct_stores() {
@@ -44,7 +44,7 @@ mod run_all {
             ),
             (
                 testing::run_all(|| async {
-                    Arc::new(IgnoresPreconditions::new(SmallStore::new()))
+                    Arc::new(SmallStore::with_defect(Defect::IgnoresPreconditions))
                 })
                 .await,
                 "a_terminal_outcome_written_elsewhere_is_not_overwritten",

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use task_store::ThreadStore;
 use task_store_memory::MemoryStore;
-use task_testkit::broken::{self, Mutant, PassThrough, SmallStore};
+use task_testkit::broken::{self, Defect, Mutant, PassThrough, SmallStore};
 use task_testkit::conformance::{self, CASES, Report, RunOptions, Verdict};
 
 /// Makes a fresh store.
@@ -129,14 +129,14 @@ async fn failures_say_what_went_wrong() {
     // The failures a backend author reads name the problem, not just the
     // assertion.
     let lost = conformance::compare_and_swap_loops_lose_no_update(
-        Arc::new(broken::IgnoresPreconditions::new(SmallStore::new())),
+        Arc::new(SmallStore::with_defect(Defect::IgnoresPreconditions)),
         &conformance::fresh_prefix(),
     )
     .await
     .expect_err("a store that ignores preconditions loses updates");
     assert!(lost.starts_with("lost updates"), "{lost}");
     let winners = conformance::concurrent_exact_appends_have_exactly_one_winner(
-        Arc::new(broken::IgnoresPreconditions::new(SmallStore::new())),
+        Arc::new(SmallStore::with_defect(Defect::IgnoresPreconditions)),
         &conformance::fresh_prefix(),
     )
     .await

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use task_store::{
-    AppendRequest, ChangeSet, NewMessage, Thread, ThreadQuery, ThreadReaderExt, ThreadStore,
-    ThreadStoreError, VersionPrecondition,
+    AppendRequest, ChangeSet, Committed, NewMessage, Thread, ThreadQuery, ThreadReaderExt,
+    ThreadStore, ThreadStoreError, VersionPrecondition,
 };
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::proxy::FaultProxy;
@@ -71,6 +71,20 @@ where
         }
     }
     panic!("{what}: still failing with retryable errors after 20 attempts");
+}
+
+/// A batch's results, or its first retryable error: the transport failed
+/// for some items, so the caller retries the whole batch.
+fn answered(
+    results: Vec<task_store::Result<Committed>>,
+) -> task_store::Result<Vec<task_store::Result<Committed>>> {
+    match results
+        .iter()
+        .find_map(|r| r.as_ref().err().filter(|e| e.is_retryable()))
+    {
+        Some(error) => Err(error.clone()),
+        None => Ok(results),
+    }
 }
 
 fn ambiguous(error: &ThreadStoreError) {
@@ -214,14 +228,7 @@ async fn ambiguous_batches_are_applied_once_and_their_retries_change_nothing() {
         );
     }
     let retry = retried("retry the create_batch", || async {
-        let results = rig.through.create_batch(threads.clone()).await;
-        match results
-            .iter()
-            .find(|r| r.as_ref().is_err_and(ThreadStoreError::is_retryable))
-        {
-            Some(Err(error)) => Err(error.clone()),
-            _ => Ok(results),
-        }
+        answered(rig.through.create_batch(threads.clone()).await)
     })
     .await
     .expect("the retry gets answers");
@@ -258,14 +265,7 @@ async fn ambiguous_batches_are_applied_once_and_their_retries_change_nothing() {
         })
         .collect();
     let retry = retried("retry the append_batch", || async {
-        let results = rig.through.append_batch(blind.clone()).await;
-        match results
-            .iter()
-            .find(|r| r.as_ref().is_err_and(ThreadStoreError::is_retryable))
-        {
-            Some(Err(error)) => Err(error.clone()),
-            _ => Ok(results),
-        }
+        answered(rig.through.append_batch(blind.clone()).await)
     })
     .await
     .expect("the retry gets answers");

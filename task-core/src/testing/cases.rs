@@ -70,6 +70,23 @@ async fn record(tasks: &TaskStore, task_id: &str) -> crate::TaskRecord {
         .unwrap_or_else(|| panic!("the record of {task_id} was lost"))
 }
 
+/// The finish of `attempt` with this outcome, reported by no lease holder.
+fn finish(
+    attempt: u32,
+    status: TaskStatus,
+    result: Option<Value>,
+    error: Option<String>,
+) -> Transition {
+    Transition::Finish {
+        attempt,
+        holder: None,
+        status,
+        result,
+        error,
+        at_ms: 2,
+    }
+}
+
 /// Spawns a task that runs until it is cancelled.
 async fn spawn_waiting(m: &BackgroundTaskManager, owner: &str, task_type: &str) -> String {
     m.spawn(owner, task_type, "runs until cancelled", |ctx| async move {
@@ -226,14 +243,12 @@ pub async fn a_terminal_outcome_written_elsewhere_is_not_overwritten(store: Arc<
     tasks
         .transition(
             &id,
-            Transition::Finish {
-                attempt: 1,
-                holder: None,
-                status: TaskStatus::Failed,
-                result: None,
-                error: Some("recovered elsewhere".into()),
-                at_ms: 1,
-            },
+            finish(
+                1,
+                TaskStatus::Failed,
+                None,
+                Some("recovered elsewhere".into()),
+            ),
         )
         .await
         .expect("written elsewhere");
@@ -317,16 +332,8 @@ pub async fn a_write_of_an_older_attempt_is_fenced_off(store: Arc<dyn ThreadStor
         })
         .await
         .expect("create");
-    let finish = |attempt, status| Transition::Finish {
-        attempt,
-        holder: None,
-        status,
-        result: None,
-        error: None,
-        at_ms: 2,
-    };
     tasks
-        .transition(&id, finish(1, TaskStatus::Stopped))
+        .transition(&id, finish(1, TaskStatus::Stopped, None, None))
         .await
         .expect("stop attempt 1");
     tasks
@@ -342,7 +349,7 @@ pub async fn a_write_of_an_older_attempt_is_fenced_off(store: Arc<dyn ThreadStor
         .await
         .expect("resume as attempt 2");
     let err = tasks
-        .transition(&id, finish(1, TaskStatus::Completed))
+        .transition(&id, finish(1, TaskStatus::Completed, None, None))
         .await
         .expect_err("attempt 1 is over");
     assert!(matches!(err, TaskError::Rejected { .. }), "{err:?}");
@@ -461,18 +468,9 @@ pub async fn concurrent_finishes_of_one_attempt_agree_on_one_winner(store: Arc<d
             );
             tokio::spawn(async move {
                 barrier.wait().await;
+                let outcome = json!({ "writer": writer });
                 tasks
-                    .transition(
-                        &id,
-                        Transition::Finish {
-                            attempt: 1,
-                            holder: None,
-                            status: TaskStatus::Completed,
-                            result: Some(json!({ "writer": writer })),
-                            error: None,
-                            at_ms: 5,
-                        },
-                    )
+                    .transition(&id, finish(1, TaskStatus::Completed, Some(outcome), None))
                     .await
             })
         })

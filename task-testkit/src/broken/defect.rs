@@ -44,6 +44,16 @@ macro_rules! defects {
 
 defects! {
 
+    /// Every `Exact(v)` precondition is silently treated as `Any`:
+    /// concurrent compare-and-swap writers lose updates.
+    IgnoresPreconditions => [
+        append_with_a_stale_version_conflicts_and_changes_nothing,
+        concurrent_exact_appends_have_exactly_one_winner,
+        compare_and_swap_loops_lose_no_update,
+        change_set_that_changes_nothing_keeps_the_version,
+        append_batch_returns_one_result_per_request,
+    ],
+
     /// A race between a check and a write: `create` checks that the id is
     /// free, lets go of the lock, and writes in a second step.
     CheckThenCreate => [

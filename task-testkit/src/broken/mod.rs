@@ -5,11 +5,10 @@
 //! contract but for *one* subtle defect of the kind a backend author makes
 //! (a race between a check and a write, an off-by-one in paging, a stale
 //! index entry, a de-duplication window, a partial write, a wrong error...),
-//! with the cases written to catch it. Most are a [`SmallStore`] (a plain
+//! with the cases written to catch it. Each is a [`SmallStore`] (a plain
 //! in-memory store that passes the whole suite) with one [`Defect`] switched
-//! on; [`IgnoresPreconditions`] is a wrapper over any store. [`PassThrough`]
-//! is a faithful wrapper: it must pass every case, which shows the wrappers
-//! themselves break nothing.
+//! on. [`PassThrough`] is a faithful wrapper: it must pass every case, which
+//! shows a wrapper that forwards every call breaks nothing.
 //!
 //! `tests/mutation.rs` of this crate runs the whole suite against every
 //! mutant and fails unless each is caught by at least one case (and by the
@@ -40,57 +39,33 @@ pub use small::SmallStore;
 /// A broken store of the catalogue, see [`mutants`].
 #[derive(Debug, Clone, Copy)]
 pub struct Mutant {
-    /// A short name: the [`Defect`]'s, or the wrapper's.
+    /// A short name: the [`Defect`]'s.
     pub name: &'static str,
     /// What is wrong with it.
     pub defect: &'static str,
     /// The conformance cases written to catch it; others may catch it too.
     pub caught_by: &'static [&'static str],
-    maker: Maker,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Maker {
-    Small(Defect),
-    IgnoresPreconditions,
+    kind: Defect,
 }
 
 impl Mutant {
     /// Makes a fresh, empty one.
     pub fn make(&self) -> Arc<dyn ThreadStore> {
-        match self.maker {
-            Maker::Small(defect) => Arc::new(SmallStore::with_defect(defect)),
-            Maker::IgnoresPreconditions => Arc::new(IgnoresPreconditions::new(SmallStore::new())),
-        }
+        Arc::new(SmallStore::with_defect(self.kind))
     }
 }
 
-/// Every broken store: a [`SmallStore`] per [`Defect`], and
-/// [`IgnoresPreconditions`] over a correct [`SmallStore`].
+/// Every broken store: a [`SmallStore`] per [`Defect`].
 pub fn mutants() -> Vec<Mutant> {
-    let mut all: Vec<Mutant> = Defect::ALL
+    Defect::ALL
         .iter()
         .map(|&defect| Mutant {
             name: defect.name(),
             defect: defect.description(),
             caught_by: defect.caught_by(),
-            maker: Maker::Small(defect),
+            kind: defect,
         })
-        .collect();
-    all.push(Mutant {
-        name: "IgnoresPreconditions",
-        defect: "Every `Exact(v)` precondition is silently treated as `Any`: concurrent \
-                 compare-and-swap writers lose updates.",
-        caught_by: &[
-            "append_with_a_stale_version_conflicts_and_changes_nothing",
-            "concurrent_exact_appends_have_exactly_one_winner",
-            "compare_and_swap_loops_lose_no_update",
-            "change_set_that_changes_nothing_keeps_the_version",
-            "append_batch_returns_one_result_per_request",
-        ],
-        maker: Maker::IgnoresPreconditions,
-    });
-    all
+        .collect()
 }
 
 /// A faithful wrapper: forwards every call to the inner store unchanged. It
@@ -142,82 +117,6 @@ impl<S: ThreadStore> ThreadWriter for PassThrough<S> {
     }
 
     async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
-        self.inner.append_batch(requests).await
-    }
-
-    async fn save(&self, thread: Thread) -> Result<Committed> {
-        self.inner.save(thread).await
-    }
-
-    async fn delete(&self, id: &str) -> Result<()> {
-        self.inner.delete(id).await
-    }
-
-    fn signals(&self) -> Option<&dyn ThreadSignals> {
-        self.inner.signals()
-    }
-}
-
-/// A store that silently turns every `Exact(v)` precondition into `Any`: the
-/// defect that loses concurrent updates. The contract forbids it (a backend
-/// that cannot check a precondition must refuse it), and the conformance
-/// suite must fail against it.
-#[derive(Debug, Clone, Default)]
-pub struct IgnoresPreconditions<S> {
-    inner: S,
-}
-
-impl<S> IgnoresPreconditions<S> {
-    /// Wraps `inner`, ignoring every precondition given to it.
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-#[async_trait]
-impl<S: ThreadStore> ThreadReader for IgnoresPreconditions<S> {
-    async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
-        self.inner.load(id).await
-    }
-
-    async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
-        self.inner.load_messages(id, query).await
-    }
-
-    async fn list_threads(&self, query: ThreadQuery) -> Result<ThreadPage> {
-        self.inner.list_threads(query).await
-    }
-}
-
-#[async_trait]
-impl<S: ThreadStore> ThreadWriter for IgnoresPreconditions<S> {
-    async fn create(&self, thread: Thread) -> Result<Committed> {
-        self.inner.create(thread).await
-    }
-
-    async fn create_batch(&self, threads: Vec<Thread>) -> Vec<Result<Committed>> {
-        self.inner.create_batch(threads).await
-    }
-
-    async fn append(
-        &self,
-        id: &str,
-        changes: ChangeSet,
-        _precondition: VersionPrecondition,
-    ) -> Result<Committed> {
-        self.inner
-            .append(id, changes, VersionPrecondition::Any)
-            .await
-    }
-
-    async fn append_batch(&self, requests: Vec<AppendRequest>) -> Vec<Result<Committed>> {
-        let requests = requests
-            .into_iter()
-            .map(|request| AppendRequest {
-                precondition: VersionPrecondition::Any,
-                ..request
-            })
-            .collect();
         self.inner.append_batch(requests).await
     }
 

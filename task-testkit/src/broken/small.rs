@@ -294,6 +294,11 @@ impl State {
             committed.skipped += skipped;
             return Ok(committed);
         }
+        let precondition = if self.has(Defect::IgnoresPreconditions) {
+            VersionPrecondition::Any
+        } else {
+            precondition
+        };
         self.check_version(id, precondition)?;
         self.apply(id, changes, false)
     }

@@ -59,39 +59,67 @@ impl Model {
             .map(|(id, _)| id.clone())
             .collect()
     }
+}
 
-    /// Checks every listing by each of `parents` and `kinds`, by both, and
-    /// without a filter (from the case's prefix, keeping the case's ids),
-    /// in pages of each of `limits`.
-    async fn check(
-        &self,
-        cx: &Cx,
-        parents: &[&str],
-        kinds: &[&str],
-        open_only: bool,
-        limits: &[usize],
-        step: &str,
-    ) -> CaseResult {
+/// The listings a case checks against its [`Model`]: by each of `parents`
+/// and `kinds`, by both, and without a filter (from the case's prefix,
+/// keeping the case's ids), open or not, in pages of each of `limits`.
+struct Listings<'a> {
+    cx: &'a Cx,
+    parents: &'a [&'a str],
+    kinds: &'a [&'a str],
+    open_only: bool,
+    limits: &'a [usize],
+}
+
+impl Listings<'_> {
+    /// Checks that every listing holds exactly what `model` says, after
+    /// `step`.
+    async fn check(&self, model: &Model, step: &str) -> CaseResult {
+        let Self {
+            cx,
+            parents,
+            kinds,
+            open_only,
+            limits,
+        } = self;
         let mut queries: Vec<(Option<&str>, Option<&str>)> = vec![(None, None)];
         queries.extend(parents.iter().map(|p| (Some(*p), None)));
         queries.extend(kinds.iter().map(|k| (None, Some(*k))));
-        for p in parents {
+        for p in parents.iter() {
             queries.extend(kinds.iter().map(|k| (Some(*p), Some(*k))));
         }
-        for &limit in limits {
+        for &limit in limits.iter() {
             for &(parent, kind) in &queries {
-                let mut listing = query(parent, kind, open_only).with_limit(limit);
+                let mut listing = query(parent, kind, *open_only).with_limit(limit);
                 let within = (parent.is_none() && kind.is_none()).then_some(cx.prefix.as_str());
                 listing.after = within.map(str::to_owned);
                 let listed = list_pages_within(&*cx.store, listing, within).await?;
                 ensure_eq!(
                     listed,
-                    self.expected(parent, kind, open_only),
+                    model.expected(parent, kind, *open_only),
                     "{step}: listing by parent {parent:?} and kind {kind:?} (open_only {open_only}, pages of {limit})"
                 );
             }
         }
         Ok(())
+    }
+
+    /// Saves thread `id` with this parent, kind and mark, and checks every
+    /// listing.
+    async fn save(
+        &self,
+        model: &mut Model,
+        id: &str,
+        (parent, kind, terminal): (Option<&str>, &str, bool),
+        step: &str,
+    ) -> CaseResult {
+        let mut thread = Thread::new(id, kind);
+        thread.parent_id = parent.map(str::to_owned);
+        thread.terminal = terminal;
+        self.cx.store.save(thread).await.ctx(step)?;
+        model.set(id, parent, kind, terminal);
+        self.check(model, step).await
     }
 }
 
@@ -103,66 +131,36 @@ impl Model {
 async fn indexes_follow_every_write(cx: Cx, open_only: bool) -> CaseResult {
     let (p1, p2) = (cx.name("p1"), cx.name("p2"));
     let (k1, k2) = (cx.name("k1"), cx.name("k2"));
-    let (parents, kinds) = ([p1.as_str(), p2.as_str()], [k1.as_str(), k2.as_str()]);
     let (id, sibling) = (cx.id("moving"), cx.id("sibling"));
+    let listings = Listings {
+        cx: &cx,
+        parents: &[&p1, &p2],
+        kinds: &[&k1, &k2],
+        open_only,
+        limits: &[1, 100],
+    };
     let mut model = Model::default();
-    let limits = [1, 100];
+
     cx.create(Thread::new(&sibling, &k1).with_parent(&p1))
         .await?;
     model.set(&sibling, Some(&p1), &k1, false);
     cx.create(Thread::new(&id, &k1).with_parent(&p1)).await?;
     model.set(&id, Some(&p1), &k1, false);
-    model
-        .check(&cx, &parents, &kinds, open_only, &limits, "after create")
-        .await?;
+    listings.check(&model, "after create").await?;
 
     cx.append(&id, ChangeSet::state(json!(1)), VersionPrecondition::Any)
         .await?;
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after an append of a state",
-        )
-        .await?;
+    listings.check(&model, "after an append of a state").await?;
 
-    cx.store
-        .save(Thread::new(&id, &k1).with_parent(&p2))
-        .await
-        .ctx("save with a new parent")?;
-    model.set(&id, Some(&p2), &k1, false);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after save with a new parent",
-        )
-        .await?;
-
-    let mut finished = Thread::new(&id, &k2).with_parent(&p2);
-    finished.terminal = true;
-    cx.store
-        .save(finished)
-        .await
-        .ctx("save with a new kind, finished")?;
-    model.set(&id, Some(&p2), &k2, true);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after save with a new kind, finished",
-        )
-        .await?;
-
+    for (step, indexed) in [
+        (
+            "save with a new parent",
+            (Some(p2.as_str()), k1.as_str(), false),
+        ),
+        ("save with a new kind, finished", (Some(&p2), &k2, true)),
+    ] {
+        listings.save(&mut model, &id, indexed, step).await?;
+    }
     cx.append(
         &id,
         ChangeSet::default().with_terminal(false),
@@ -170,50 +168,18 @@ async fn indexes_follow_every_write(cx: Cx, open_only: bool) -> CaseResult {
     )
     .await?;
     model.mark(&id, false);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after an append clearing the mark",
-        )
+    listings
+        .check(&model, "after an append clearing the mark")
         .await?;
-
-    cx.store
-        .save(Thread::new(&id, &k1))
-        .await
-        .ctx("save without a parent")?;
-    model.set(&id, None, &k1, false);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after save without a parent",
-        )
-        .await?;
-
-    let mut finished = Thread::new(&id, &k2).with_parent(&p1);
-    finished.terminal = true;
-    cx.store
-        .save(finished)
-        .await
-        .ctx("save back under the first parent, finished")?;
-    model.set(&id, Some(&p1), &k2, true);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after save back under the first parent, finished",
-        )
-        .await?;
+    for (step, indexed) in [
+        ("save without a parent", (None, k1.as_str(), false)),
+        (
+            "save back under the first parent, finished",
+            (Some(p1.as_str()), &k2, true),
+        ),
+    ] {
+        listings.save(&mut model, &id, indexed, step).await?;
+    }
 
     let results = cx
         .store
@@ -228,22 +194,13 @@ async fn indexes_follow_every_write(cx: Cx, open_only: bool) -> CaseResult {
         "append_batch clearing the mark: {results:?}"
     );
     model.mark(&id, false);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after append_batch clearing the mark",
-        )
+    listings
+        .check(&model, "after append_batch clearing the mark")
         .await?;
 
     cx.store.delete(&id).await.ctx("delete")?;
     model.remove(&id);
-    model
-        .check(&cx, &parents, &kinds, open_only, &limits, "after delete")
-        .await?;
+    listings.check(&model, "after delete").await?;
 
     let results = cx
         .store
@@ -254,31 +211,15 @@ async fn indexes_follow_every_write(cx: Cx, open_only: bool) -> CaseResult {
         "create_batch of the deleted id: {results:?}"
     );
     model.set(&id, Some(&p2), &k2, false);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after create_batch of the deleted id elsewhere",
-        )
+    listings
+        .check(&model, "after create_batch of the deleted id elsewhere")
         .await?;
 
     cx.store.delete(&id).await.ctx("delete again")?;
     cx.store.delete(&sibling).await.ctx("delete the sibling")?;
     model.remove(&id);
     model.remove(&sibling);
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &limits,
-            "after deleting both",
-        )
-        .await
+    listings.check(&model, "after deleting both").await
 }
 
 /// Listings by parent, by kind, by both and without a filter follow every
@@ -337,16 +278,14 @@ async fn prefixes_stay_apart(cx: Cx, open_only: bool) -> CaseResult {
     );
     let parents: Vec<&str> = parents.iter().map(String::as_str).collect();
     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    model
-        .check(
-            &cx,
-            &parents,
-            &kinds,
-            open_only,
-            &[1, 2, 100],
-            "ids that are prefixes",
-        )
-        .await?;
+    let listings = Listings {
+        cx: &cx,
+        parents: &parents,
+        kinds: &kinds,
+        open_only,
+        limits: &[1, 2, 100],
+    };
+    listings.check(&model, "ids that are prefixes").await?;
     // A cursor equal to an id that others extend: the ids after it, all of them.
     for cursor in ["a", "a:b", "p"] {
         let after = cx.name(cursor);

@@ -10,7 +10,35 @@ use task_store::{
 };
 
 use super::CaseResult;
-use super::support::{Context, ensure_absent, invalid_ids, message_ids, query, run, snapshot};
+use super::support::{Context, Cx, ensure_absent, invalid_ids, message_ids, query, run, snapshot};
+
+/// `append`, `load`, `load_messages` and `delete` refuse `bad` as a thread id
+/// with `InvalidInput`.
+async fn refused_as_a_thread_id(cx: &Cx, bad: &str) -> CaseResult {
+    expect_err!(
+        cx.store
+            .append(bad, ChangeSet::state(json!(1)), VersionPrecondition::Any)
+            .await,
+        ThreadStoreError::InvalidInput { .. },
+        "append to the thread id {bad:?}"
+    );
+    expect_err!(
+        cx.store.load(bad).await,
+        ThreadStoreError::InvalidInput { .. },
+        "load of the thread id {bad:?}"
+    );
+    expect_err!(
+        cx.store.load_messages(bad, MessageQuery::default()).await,
+        ThreadStoreError::InvalidInput { .. },
+        "load_messages of the thread id {bad:?}"
+    );
+    expect_err!(
+        cx.store.delete(bad).await,
+        ThreadStoreError::InvalidInput { .. },
+        "delete of the thread id {bad:?}"
+    );
+    Ok(())
+}
 
 /// Empty, over-long and control-character thread ids are refused with `InvalidInput` by every method, and nothing is written.
 pub async fn invalid_thread_ids_are_refused_and_nothing_written(
@@ -31,28 +59,7 @@ pub async fn invalid_thread_ids_are_refused_and_nothing_written(
                 ThreadStoreError::InvalidInput { .. },
                 "save with the thread id {bad:?}"
             );
-            expect_err!(
-                cx.store
-                    .append(&bad, ChangeSet::state(json!(1)), VersionPrecondition::Any)
-                    .await,
-                ThreadStoreError::InvalidInput { .. },
-                "append to the thread id {bad:?}"
-            );
-            expect_err!(
-                cx.store.load(&bad).await,
-                ThreadStoreError::InvalidInput { .. },
-                "load of the thread id {bad:?}"
-            );
-            expect_err!(
-                cx.store.load_messages(&bad, MessageQuery::default()).await,
-                ThreadStoreError::InvalidInput { .. },
-                "load_messages of the thread id {bad:?}"
-            );
-            expect_err!(
-                cx.store.delete(&bad).await,
-                ThreadStoreError::InvalidInput { .. },
-                "delete of the thread id {bad:?}"
-            );
+            refused_as_a_thread_id(&cx, &bad).await?;
             let mut results = cx
                 .store
                 .append_batch(vec![AppendRequest {
@@ -323,13 +330,7 @@ pub async fn invalid_ids_are_refused_in_every_argument(
                 .ctx("the valid item of a create_batch with invalid ones")?;
             created.push(valid);
 
-            expect_err!(
-                cx.store
-                    .append(&bad, ChangeSet::state(json!(1)), VersionPrecondition::Any)
-                    .await,
-                ThreadStoreError::InvalidInput { .. },
-                "append to the thread id {bad:?}"
-            );
+            refused_as_a_thread_id(&cx, &bad).await?;
             let bad_changes = ChangeSet::state(json!("changed"))
                 .with_message(good.clone())
                 .with_message(bad_message.clone());
@@ -373,21 +374,6 @@ pub async fn invalid_ids_are_refused_in_every_argument(
                 .ctx("the valid request of an append_batch with invalid ones")?;
             ensure_eq!(committed.appended, 1, "the valid request's message");
 
-            expect_err!(
-                cx.store.delete(&bad).await,
-                ThreadStoreError::InvalidInput { .. },
-                "delete of {bad:?}"
-            );
-            expect_err!(
-                cx.store.load(&bad).await,
-                ThreadStoreError::InvalidInput { .. },
-                "load of {bad:?}"
-            );
-            expect_err!(
-                cx.store.load_messages(&bad, MessageQuery::default()).await,
-                ThreadStoreError::InvalidInput { .. },
-                "load_messages of {bad:?}"
-            );
             for open_only in [false, true] {
                 for listing in [
                     query(Some(&bad), None, open_only),
