@@ -101,6 +101,8 @@ mod protocol;
 mod records;
 pub mod state;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 pub use error::TaskError;

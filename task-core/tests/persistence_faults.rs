@@ -2,8 +2,6 @@
 //! lose nothing once the store heals. Also the persistence suite over a
 //! `FlakyStore` that injects nothing.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +15,7 @@ async fn flaky_without_faults() -> Arc<dyn ThreadStore> {
     Arc::new(FlakyStore::new(Arc::new(MemoryStore::new())))
 }
 
-persistence_suite!(flaky_without_faults());
+task_core::persistence_tests!(flaky_without_faults());
 
 fn setup(seed: u64) -> (Arc<FlakyStore>, BackgroundTaskManager, Arc<TaskStore>) {
     let flaky = Arc::new(FlakyStore::with_seed(Arc::new(MemoryStore::new()), seed));

@@ -1,7 +1,5 @@
 //! The persistence suite on `MemoryStore`.
 
-mod common;
-
 use std::sync::Arc;
 
 use task_core::thread_store::ThreadStore;
@@ -11,7 +9,61 @@ async fn memory() -> Arc<dyn ThreadStore> {
     Arc::new(MemoryStore::new())
 }
 
-persistence_suite!(memory());
+task_core::persistence_tests!(memory());
+
+/// The suite as data, for harnesses that are not libtest: `run_all` runs
+/// every case and reports each, passing on correct stores and catching
+/// stores that let two compare-and-swap writers win.
+mod run_all {
+    use std::sync::Arc;
+
+    use task_core::testing::{self, CASES, Verdict};
+    use task_store_memory::MemoryStore;
+    use task_testkit::broken::{Defect, SmallStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_case_passes_on_correct_stores() {
+        for report in [
+            testing::run_all(|| async { Arc::new(MemoryStore::new()) }).await,
+            testing::run_all(|| async { Arc::new(SmallStore::new()) }).await,
+        ] {
+            assert_eq!(report.outcomes.len(), CASES.len());
+            assert!(report.all_passed(), "{report}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_store_fails_cases_and_the_run_goes_on() {
+        for (report, catcher) in [
+            (
+                testing::run_all(|| async {
+                    Arc::new(SmallStore::with_defect(Defect::CheckThenAppend))
+                })
+                .await,
+                "concurrent_finishes_of_one_attempt_agree_on_one_winner",
+            ),
+            (
+                testing::run_all(|| async {
+                    Arc::new(SmallStore::with_defect(Defect::IgnoresPreconditions))
+                })
+                .await,
+                "a_terminal_outcome_written_elsewhere_is_not_overwritten",
+            ),
+        ] {
+            assert_eq!(report.outcomes.len(), CASES.len(), "every case ran");
+            let failed: Vec<&str> = report.failures().map(|(name, _)| name).collect();
+            assert!(failed.contains(&catcher), "{report}");
+            assert!(report.to_string().contains("FAILED"), "{report}");
+        }
+        let skipped = testing::run_all(|| async { None::<Arc<MemoryStore>> }).await;
+        assert!(
+            skipped
+                .outcomes
+                .iter()
+                .all(|(_, verdict)| *verdict == Verdict::Skipped)
+        );
+    }
+}
 
 mod batching {
     use std::sync::Arc;

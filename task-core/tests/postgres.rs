@@ -33,7 +33,7 @@ async fn shared_postgres() -> Option<Arc<dyn ThreadStore>> {
     Some(Arc::new(store))
 }
 
-persistence_suite!(shared_postgres());
+task_core::persistence_tests!(shared_postgres());
 
 fn fast_options(schema: &str) -> PostgresStoreOptions {
     PostgresStoreOptions::default()

@@ -29,7 +29,7 @@ async fn shared_redis() -> Option<Arc<dyn ThreadStore>> {
     Some(Arc::new(store))
 }
 
-persistence_suite!(shared_redis());
+task_core::persistence_tests!(shared_redis());
 
 fn fast_options(prefix: &str) -> RedisStoreOptions {
     RedisStoreOptions::default()

@@ -1,11 +1,8 @@
-//! The task layer's persistence suite (task-core's `tests/common`) on
+//! The task layer's persistence suite (`task_core::testing`) on
 //! `PostgresStore`, so that `cargo test -p task-store-postgres` runs both
 //! suites: the backend conformance suite and this one. The manager's fault
 //! tests on PostgreSQL (a hard stop with 2,000 tasks, terminated sessions,
 //! two instances) live in task-core's `tests/postgres.rs`.
-
-#[path = "../../task-core/tests/common/mod.rs"]
-mod common;
 
 use std::sync::Arc;
 
@@ -22,4 +19,4 @@ async fn postgres_store() -> Option<Arc<dyn ThreadStore>> {
     Some(Arc::new(store))
 }
 
-persistence_suite!(postgres_store());
+task_core::persistence_tests!(postgres_store());

@@ -79,8 +79,15 @@
 //! [`ThreadStore`] follows by a blanket impl. Call [`validate_thread`],
 //! [`validate_id`], [`validate_messages`] and [`validate_query`] first, page
 //! with [`effective_limit`], and map your own errors into
-//! [`ThreadStoreError`] in one place. Then run the conformance suite from
-//! `task-testkit` in your crate's `tests/conformance.rs`.
+//! [`ThreadStoreError`] in one place. Then run the two suites, one call each,
+//! from your crate's tests: `task_testkit::conformance_tests!(make_store())`
+//! (this contract, case by case) and `task_core::persistence_tests!(make_store())`
+//! (the task layer on your store; feature `testing` of `task-core`).
+//!
+//! `docs/backend-guide.md` in the repository walks through the contract rule
+//! by rule, with the cases that check each rule and the broken stores they
+//! catch, and a worked minimal backend that passes both suites
+//! (`task-testkit/examples/minimal_backend.rs`).
 
 mod error;
 mod id;

@@ -5,8 +5,12 @@
 //!   [`conformance_tests!`].
 //! - [`FlakyStore`]: a `ThreadStore` wrapper that injects faults from a plan,
 //!   deterministically given a seed.
-//! - [`broken`]: deliberately broken stores, to show that the suite catches
-//!   what it claims to.
+//! - [`broken`]: the suite's self-test by mutation: broken stores, each
+//!   with one subtle defect, that the suite must catch, and a faithful
+//!   pass-through that must pass it.
+//! - [`proxy`]: [`FaultProxy`], a loopback TCP proxy in front of any
+//!   server, with scripted faults on the wire (latency, bandwidth, blackhole,
+//!   resets, cuts, dropped replies), seeded like `FlakyStore`.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
 //! - [`postgres_server`]: a private PostgreSQL cluster (`initdb`, `postgres`)
@@ -16,7 +20,9 @@ pub mod broken;
 pub mod conformance;
 mod flaky;
 pub mod postgres_server;
+pub mod proxy;
 pub mod redis_server;
 mod watchdog;
 
 pub use flaky::*;
+pub use proxy::FaultProxy;

@@ -533,3 +533,114 @@ fn the_public_contract_holds() {
     assert_eq!(remaining, 3);
     let _shared: Arc<dyn ThreadStore> = Arc::new(flaky);
 }
+
+#[tokio::test]
+async fn fail_appends_sets_the_count_instead_of_adding_to_it() {
+    let store = flaky_with_thread(20).await;
+    store.fail_appends(5);
+    store.fail_appends(2);
+    assert_eq!(
+        store.remaining_failures(),
+        2,
+        "the second call set the count"
+    );
+    for _ in 0..2 {
+        store
+            .append("t", bump(), VersionPrecondition::Any)
+            .await
+            .expect_err("one of the two failures still to come");
+    }
+    assert_eq!(store.remaining_failures(), 0);
+    store
+        .append("t", bump(), VersionPrecondition::Any)
+        .await
+        .expect("the third append goes through: the count was 2, not 7");
+    assert_eq!(store.counts(Operation::Append).failed, 2);
+}
+
+#[tokio::test]
+async fn fail_appends_zero_heals_appends_whatever_failed_them() {
+    let store = flaky_with_thread(21).await;
+    store.fail_appends(3);
+    store.inject(Operation::Append, Fault::fail());
+    store.inject(Operation::Append, Fault::commit_then_fail().every(2));
+    store
+        .append("t", bump(), VersionPrecondition::Any)
+        .await
+        .expect_err("failing before the heal");
+    store.fail_appends(0);
+    assert_eq!(store.remaining_failures(), 0);
+    for _ in 0..4 {
+        store
+            .append("t", bump(), VersionPrecondition::Any)
+            .await
+            .expect("healed: no append fails");
+    }
+    assert_eq!(inner_version(&store).await, 5, "the four appends landed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_appends_keeps_latency_and_the_faults_of_other_operations() {
+    let store = flaky_with_thread(22).await;
+    store.inject(Operation::Append, Fault::latency(Duration::from_secs(1)));
+    store.fail_next(Operation::Create, 1);
+    store.fail_appends(1);
+    assert_eq!(store.remaining_failures(), 2, "one append and one create");
+    let started = tokio::time::Instant::now();
+    store
+        .append("t", bump(), VersionPrecondition::Any)
+        .await
+        .expect_err("the one append still to fail");
+    store
+        .append("t", bump(), VersionPrecondition::Any)
+        .await
+        .expect("then appends go through");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "the latency of appends stayed"
+    );
+    store
+        .create(Thread::new("u", "task"))
+        .await
+        .expect_err("the create fault stayed");
+    assert_eq!(store.remaining_failures(), 0);
+}
+
+#[tokio::test]
+async fn inject_stacks_and_remaining_failures_counts_calls_not_faults() {
+    let store = flaky_with_thread(23).await;
+    // Two faults that fire on the same calls: three appends fail, not five.
+    store.inject(Operation::Append, Fault::fail().next(2));
+    store.inject(Operation::Append, Fault::fail().next(3));
+    assert_eq!(store.remaining_failures(), 3);
+    for remaining in [2, 1, 0] {
+        store
+            .append("t", bump(), VersionPrecondition::Any)
+            .await
+            .expect_err("a stacked failure");
+        assert_eq!(store.remaining_failures(), remaining);
+    }
+    store
+        .append("t", bump(), VersionPrecondition::Any)
+        .await
+        .expect("the stacked faults are spent");
+    assert_eq!(store.counts(Operation::Append).failed, 3);
+}
+
+#[tokio::test]
+async fn fail_appends_counts_each_request_of_a_batch() {
+    let store = flaky_with_thread(24).await;
+    store.fail_appends(2);
+    let request = || AppendRequest {
+        id: "t".to_owned(),
+        changes: bump(),
+        precondition: VersionPrecondition::Any,
+    };
+    let results = store
+        .append_batch(vec![request(), request(), request()])
+        .await;
+    assert!(results[0].is_err() && results[1].is_err(), "{results:?}");
+    assert_eq!(results[2].as_ref().map(|c| c.version).ok(), Some(2));
+    assert_eq!(store.remaining_failures(), 0);
+}
