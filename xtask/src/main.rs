@@ -94,6 +94,19 @@ fn ci() -> Result<(), String> {
         step("clippy", clippy)?;
     }
 
+    // Docs before the tests: a broken link should fail in seconds, not
+    // after the suite.
+    let mut doc = cargo();
+    doc.args([
+        "doc",
+        "--workspace",
+        "--no-deps",
+        "--all-features",
+        "--locked",
+    ]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    step("doc", doc)?;
+
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features", "--locked"]);
     step("test", test)?;
@@ -112,16 +125,6 @@ fn ci() -> Result<(), String> {
     ]);
     step("test (no default features)", bare)?;
 
-    let mut doc = cargo();
-    doc.args([
-        "doc",
-        "--workspace",
-        "--no-deps",
-        "--all-features",
-        "--locked",
-    ]);
-    doc.env("RUSTDOCFLAGS", "-D warnings");
-    step("doc", doc)?;
     Ok(())
 }
 

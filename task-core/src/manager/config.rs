@@ -48,7 +48,7 @@ pub enum OutboxFull {
     #[default]
     Wait,
     /// The spawn is refused at once with the retryable
-    /// [`TaskError::Backpressure`].
+    /// [`TaskError::Backpressure`](crate::TaskError::Backpressure).
     Refuse,
 }
 
