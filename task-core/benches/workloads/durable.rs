@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use task_core::thread_store::{Thread, ThreadStore};
 use task_core::{
-    BackgroundTaskManager, Lease, RunCancellationToken, SpawnParams, TaskId, TaskRecord,
-    TaskStatus, TaskStore, TaskSummary, new_task_id,
+    BackgroundTaskManager, Lease, RunCancellationToken, SpawnParams, TaskRecord, TaskStatus,
+    TaskStore, TaskSummary, new_task_id,
 };
 use task_store_memory::MemoryStore;
 use task_store_redis::{RedisStore, RedisStoreOptions};
@@ -31,7 +31,7 @@ use task_testkit::redis_server::RedisServer;
 
 use crate::Sizes;
 use crate::report::{Measurement, Target, median};
-use crate::workloads::{parked, runtime};
+use crate::workloads::{runtime, spawn_tree};
 
 /// Which store a workload runs on.
 #[derive(Debug, Clone)]
@@ -173,38 +173,6 @@ fn multi_process(store: &Arc<dyn ThreadStore>, instance: &str) -> BackgroundTask
 }
 
 const TREE: usize = 1_001;
-
-/// Spawns a running tree of 1,001 tasks (root, 10 children, 99 grandchildren
-/// each) for `owner`; returns its ids, root first.
-async fn spawn_tree(manager: &BackgroundTaskManager, owner: &str) -> Vec<TaskId> {
-    let spawn = |parent: Option<TaskId>| {
-        let params = SpawnParams {
-            task_id: new_task_id(),
-            owner_thread_id: owner.to_owned(),
-            task_type: "bench".to_owned(),
-            description: "tree node parked until cancelled".to_owned(),
-            parent_task_id: parent,
-            metadata: Value::Null,
-        };
-        manager.spawn_with_id(params, RunCancellationToken::new(), parked)
-    };
-    let root = spawn(None).await.expect("a valid spawn succeeds");
-    let mut ids = vec![root.clone()];
-    for _ in 0..10 {
-        let child = spawn(Some(root.clone()))
-            .await
-            .expect("a valid spawn succeeds");
-        ids.push(child.clone());
-        for _ in 0..99 {
-            ids.push(
-                spawn(Some(child.clone()))
-                    .await
-                    .expect("a valid spawn succeeds"),
-            );
-        }
-    }
-    ids
-}
 
 /// Times `cancel_tree` of a fresh tree (µs), then waits for the tree to end,
 /// makes it durable and collects it (untimed).

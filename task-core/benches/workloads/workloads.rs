@@ -361,7 +361,7 @@ const TREE_CHILDREN: usize = 10;
 const TREE_GRANDCHILDREN: usize = 99;
 
 /// Spawns a tree of parked tasks under `owner`; returns its ids, root first.
-async fn spawn_tree(manager: &BackgroundTaskManager, owner: &str) -> Vec<TaskId> {
+pub(crate) async fn spawn_tree(manager: &BackgroundTaskManager, owner: &str) -> Vec<TaskId> {
     let spawn = |id: TaskId, parent: Option<TaskId>| {
         let params = SpawnParams {
             task_id: id,
