@@ -3,12 +3,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use super::BackgroundTaskManager;
 use super::clock;
 use super::core::task::TaskContext;
-use super::core::task::{SharedRun, SlotPolicy, Work};
+use super::core::task::{SharedRun, SlotPolicy, Work, metadata_text};
 use super::core::{Durable, Launch, plan_from_record};
 use super::distributed::summary_of;
 use crate::model::new_task_id_at;
@@ -62,7 +60,7 @@ impl BackgroundTaskManager {
             task_type: task_type.to_owned(),
             description: description.to_owned(),
             parent_task_id: None,
-            metadata: Value::Null,
+            metadata: None,
             supports_resume: self.core.type_supports_resume(task_type),
             attempt: Some(1),
             run_id: None,
@@ -119,7 +117,7 @@ impl BackgroundTaskManager {
             parent_task_id,
             metadata,
         } = params;
-        validate::TaskInput {
+        let metadata = validate::TaskInput {
             task_id: &task_id,
             owner: &owner,
             task_type: &task_type,
@@ -248,7 +246,7 @@ impl BackgroundTaskManager {
         let chosen = task_id.is_some();
         let now_ms = self.core.clock.now_ms();
         let task_id = task_id.unwrap_or_else(|| new_task_id_at(now_ms));
-        validate::TaskInput {
+        let metadata = validate::TaskInput {
             task_id: &task_id,
             owner: &owner,
             task_type: &task_type,
@@ -487,7 +485,7 @@ fn resume_launch(
         task_type: s.task_type.clone(),
         description: s.description.clone(),
         parent_task_id: s.parent_task_id.clone(),
-        metadata: s.metadata.clone(),
+        metadata: metadata_text(&s.metadata),
         supports_resume: s.supports_resume,
         attempt: Some(attempt),
         run_id,

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::Core;
@@ -38,7 +37,8 @@ pub(crate) struct Launch {
     pub(crate) task_type: String,
     pub(crate) description: String,
     pub(crate) parent_task_id: Option<TaskId>,
-    pub(crate) metadata: Value,
+    /// The metadata as JSON text (see [`TaskSlot::metadata`]).
+    pub(crate) metadata: Option<Box<str>>,
     pub(crate) supports_resume: bool,
     /// The attempt, when the caller knows it (from the store or a resume);
     /// otherwise the next one after the registry's, or 1.
@@ -231,7 +231,7 @@ impl Core {
             task_type: reg.task_type(&task_type),
             description,
             parent_task_id,
-            metadata: (!metadata.is_null()).then(|| Box::new(metadata)),
+            metadata,
             created_at_ms: now_ms,
             supports_resume,
             attempt,
@@ -293,7 +293,7 @@ impl Core {
                     description: slot.description.clone(),
                     parent_task_id: slot.parent_task_id.clone(),
                     supports_resume: slot.supports_resume,
-                    metadata: slot.metadata.as_deref().cloned().unwrap_or(Value::Null),
+                    metadata: slot.metadata_value(),
                 },
                 now_ms,
             )
@@ -317,6 +317,7 @@ impl Core {
             slot: Arc::clone(&slot),
             host,
             token: token.clone().map_or_else(OnceLock::new, OnceLock::from),
+            metadata: OnceLock::new(),
         };
         let handle = tokio::spawn(run_task(
             self.myself.clone(),

@@ -7,8 +7,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::registry::Registry;
 use super::task::{SharedRun, TaskSlot, Work};
 use crate::{TaskStatus, WhenLimited};
@@ -205,7 +203,7 @@ impl super::Core {
             task_type: old.task_type.to_string(),
             description: old.description.clone(),
             parent_task_id: old.parent_task_id.clone(),
-            metadata: old.metadata.as_deref().cloned().unwrap_or(Value::Null),
+            metadata: old.metadata.clone(),
             supports_resume: old.supports_resume,
             attempt: Some(old.attempt + 1),
             run_id: None,

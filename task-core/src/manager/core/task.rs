@@ -38,8 +38,11 @@ pub(crate) struct TaskSlot {
     pub(crate) task_type: Arc<str>,
     pub(crate) description: String,
     pub(crate) parent_task_id: Option<TaskId>,
-    /// The task's metadata (`None` for `null`).
-    pub(crate) metadata: Option<Box<Value>>,
+    /// The task's metadata as JSON text (`None` for `null`): a small JSON
+    /// object as a `Value` costs several hundred bytes (a `BTreeMap` node
+    /// holds room for eleven entries), as text a few dozen. Written by
+    /// [`metadata_text`], so it parses back.
+    pub(crate) metadata: Option<Box<str>>,
     pub(crate) created_at_ms: u64,
     pub(crate) supports_resume: bool,
     /// Its attempt, known when it starts (with a store: the durable one).
@@ -82,6 +85,14 @@ impl TaskSlot {
         entry.status.is_terminal() || (entry.status == TaskStatus::Stopped && !self.supports_resume)
     }
 
+    /// The task's metadata, parsed from its text.
+    pub(crate) fn metadata_value(&self) -> Value {
+        self.metadata
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or(Value::Null)
+    }
+
     /// The task's summary as of `entry` (this slot's locked state).
     pub(crate) fn summary(&self, entry: &Entry) -> TaskSummary {
         TaskSummary {
@@ -96,7 +107,7 @@ impl TaskSlot {
             parent_task_id: self.parent_task_id.clone(),
             supports_resume: self.supports_resume,
             attempt: self.attempt,
-            metadata: self.metadata.as_deref().cloned().unwrap_or(Value::Null),
+            metadata: self.metadata_value(),
             persistence_error: entry.persistence_error.clone(),
         }
     }
@@ -118,6 +129,16 @@ impl TaskSlot {
         }
         token
     }
+}
+
+/// Metadata as compact JSON text; `None` for `null`.
+pub(crate) fn metadata_text(metadata: &Value) -> Option<Box<str>> {
+    if metadata.is_null() {
+        return None;
+    }
+    serde_json::to_string(metadata)
+        .ok()
+        .map(String::into_boxed_str)
 }
 
 /// The mutable state of one task.
@@ -320,6 +341,8 @@ pub struct TaskContext {
     pub(crate) host: Weak<dyn TaskHost>,
     /// The task's token, once known here (the caller's from the start).
     pub(crate) token: OnceLock<RunCancellationToken>,
+    /// The task's metadata, parsed on first use.
+    pub(crate) metadata: OnceLock<Value>,
 }
 
 impl TaskContext {
@@ -342,8 +365,7 @@ impl TaskContext {
     /// The task's metadata: its input, for a task started with
     /// [`submit`](crate::BackgroundTaskManager::submit) (`null` when none).
     pub fn metadata(&self) -> &Value {
-        static NULL: Value = Value::Null;
-        self.slot.metadata.as_deref().unwrap_or(&NULL)
+        self.metadata.get_or_init(|| self.slot.metadata_value())
     }
 
     /// The last checkpoint the attempt before this one saved (see
