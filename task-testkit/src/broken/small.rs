@@ -614,6 +614,20 @@ impl ThreadReader for SmallStore {
     }
 }
 
+/// The gap between a check and its write in the `CheckThenCreate` and
+/// `CheckThenAppend` defects, as a round trip to a server would give: several
+/// turns of the scheduler, then a millisecond. A single turn was not enough:
+/// on a multi-threaded runtime a writer was sometimes polled again before any
+/// concurrent caller had made its check, so the race (and the case meant to
+/// catch it) passed about once in a hundred runs.
+async fn race_window() {
+    const TURNS: usize = 8;
+    for _ in 0..TURNS {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+}
+
 #[async_trait]
 impl ThreadWriter for SmallStore {
     async fn create(&self, thread: Thread) -> Result<Committed> {
@@ -622,7 +636,7 @@ impl ThreadWriter for SmallStore {
             if self.lock().threads.contains_key(&thread.id) {
                 return Err(ThreadStoreError::AlreadyExists { id: thread.id });
             }
-            tokio::task::yield_now().await;
+            race_window().await;
             return self.lock().insert(thread);
         }
         self.lock().create(thread)
@@ -666,7 +680,7 @@ impl ThreadWriter for SmallStore {
         self.check_append(id, &changes)?;
         if self.defect() == Some(Defect::CheckThenAppend) {
             self.lock().check_version(id, precondition)?;
-            tokio::task::yield_now().await;
+            race_window().await;
             return self.lock().apply(id, changes, false);
         }
         self.lock().append(id, changes, precondition)
