@@ -189,6 +189,63 @@ mod batching {
         }
     }
 
+    /// Group commit: a batch waits briefly for more work, so a short task's
+    /// start and finish reach the store as one write, not two.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_short_tasks_start_and_finish_are_one_write() {
+        let counting = Arc::new(Counting::default());
+        let store = Arc::new(TaskStore::new(counting.clone()));
+        let m = BackgroundTaskManager::builder()
+            .task_store(Arc::clone(&store))
+            .build();
+        let id = m
+            .spawn("owner", "t", "d", |_| async {
+                TaskResult::Success(Value::Null)
+            })
+            .await
+            .expect("spawn");
+        m.wait("owner", &id).await.expect("known");
+        m.flush().await;
+        assert_eq!(counting.create_batches.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counting.append_batches.load(Ordering::Relaxed),
+            0,
+            "the finish met the start in the create"
+        );
+        let record = store.load_task(&id).await.expect("load").expect("stored");
+        assert_eq!(record.status, TaskStatus::Completed);
+    }
+
+    /// A flush does not wait out the batch's lingering: what is queued is
+    /// written at once (no time passes on the paused clock).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_flush_writes_at_once_without_lingering() {
+        let counting = Arc::new(Counting::default());
+        let store = Arc::new(TaskStore::new(counting.clone()));
+        let m = BackgroundTaskManager::builder()
+            .task_store(Arc::clone(&store))
+            .build();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let id = m
+            .spawn("owner", "t", "d", |_| async move {
+                let _ = released.await;
+                TaskResult::Success(Value::Null)
+            })
+            .await
+            .expect("spawn");
+        let before = tokio::time::Instant::now();
+        m.flush().await;
+        assert_eq!(
+            tokio::time::Instant::now(),
+            before,
+            "the flush waited for the clock"
+        );
+        let record = store.load_task(&id).await.expect("load").expect("stored");
+        assert_eq!(record.status, TaskStatus::Running);
+        release.send(()).expect("the task waits");
+        m.wait("owner", &id).await.expect("known");
+    }
+
     #[tokio::test]
     async fn a_batch_lost_to_a_panicking_store_shows_and_does_not_stall_flush() {
         let counting = Arc::new(Counting::default());

@@ -601,6 +601,11 @@ async fn flush_returns_while_work_keeps_arriving_on_redis() {
                 .expect("spawn"),
         );
     }
+    // Finished before the flush is called, so their finishes are among the
+    // writes it waits for.
+    for id in &before {
+        m.wait("o", id).await.expect("a known task");
+    }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let spawner = {
         let (m, stop) = (m.clone(), Arc::clone(&stop));

@@ -472,7 +472,7 @@ async fn one_task_finished_by_many_writers(store: &Arc<dyn ThreadStore>) {
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let (tasks, id, barrier) = (
-                TaskStore::new(Arc::clone(&store)),
+                TaskStore::new(Arc::clone(store)),
                 id.clone(),
                 Arc::clone(&barrier),
             );

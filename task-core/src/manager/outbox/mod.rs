@@ -7,8 +7,10 @@
 //! 1. The core queues a [`Job`] (under the task's lock, so a task's jobs are
 //!    queued in the order they happened): [`Outbox::enqueue`].
 //! 2. A worker (`worker.rs`) picks every task with jobs waiting into the
-//!    next batch (group commit: while one batch is out, the next one
-//!    gathers, which is also when a short task's start and finish meet).
+//!    next batch. Group commit: while one batch is out, the next one
+//!    gathers; a batch goes when [`LINGER_UNTIL`] tasks are ready, when its
+//!    oldest job has waited [`LINGER`], or at once for a flush, so a short
+//!    task's start and finish meet in one write.
 //! 3. The batch (`batch.rs`) decides each task's write with
 //!    [`records::decide`](crate::records) and sends one `create_batch` and
 //!    one `append_batch`; a task whose record is unknown or conflicted is
@@ -47,8 +49,18 @@ use crate::state::TaskRecord;
 use crate::{TaskError, TaskId, TaskStore};
 
 /// Workers (batches in flight) at most: one being written while the next
-/// one fills.
+/// one fills, and a second only when a backlog of [`LINGER_UNTIL`] tasks is
+/// ready.
 const MAX_WORKERS: usize = 2;
+
+/// How long a batch may wait for more work before it goes (group commit):
+/// long enough that a short task's start and finish meet in one write,
+/// short against any store's round trip that matters. A flush, a full
+/// outbox or a failing store skip it.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// Tasks ready that make a batch go at once, without lingering.
+const LINGER_UNTIL: usize = 64;
 
 /// One durable change of one epoch of a task.
 #[derive(Debug)]
@@ -140,6 +152,10 @@ struct State {
     pending: usize,
     /// Spawns admitted and not yet queued.
     reserved: usize,
+    /// Flushes waiting: while any does, batches go without lingering.
+    flushes: usize,
+    /// Whether a worker waits for its batch to fill (see [`LINGER`]).
+    lingering: bool,
 }
 
 /// One task's queued writes and what the outbox knows of its record.
@@ -239,6 +255,22 @@ impl Barrier {
             .iter()
             .take(last.saturating_add(1))
             .all(|c| *c == 0)
+    }
+}
+
+/// What a queued job does to the workers.
+enum Wake {
+    Start,
+    Notify,
+    No,
+}
+
+/// Counts a flush out when it returns or is dropped.
+struct Flushing<'a>(&'a Shared);
+
+impl Drop for Flushing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().flushes -= 1;
     }
 }
 
@@ -351,7 +383,7 @@ impl Outbox {
     /// Queues a job. Called under the task's lock, which orders a task's
     /// jobs. A start uses the room its spawn was admitted with.
     pub(crate) fn enqueue(&self, job: Job, permit: Option<&mut Permit>) {
-        let start_worker = {
+        let wake = {
             let mut state = self.shared.lock();
             if let Some(permit) = permit {
                 permit.take();
@@ -402,19 +434,25 @@ impl Outbox {
             if became_ready {
                 state.ready.push_back(task_id);
             }
-            // A new worker for new work, or when none runs (the last one
-            // ended with its runtime, leaving its batch queued again).
-            if state.workers < MAX_WORKERS && (became_ready || state.workers == 0) {
+            // A worker when none runs (the last one ended, or ended with
+            // its runtime, leaving its batch queued again), and a second one
+            // for a backlog.
+            let backlog = state.ready.len() >= LINGER_UNTIL;
+            if state.workers == 0 || (state.workers < MAX_WORKERS && became_ready && backlog) {
                 state.workers += 1;
-                true
+                Wake::Start
+            } else if !state.lingering || backlog {
+                Wake::Notify
             } else {
-                false
+                // The lingering worker goes at its deadline, or when the
+                // batch is full.
+                Wake::No
             }
         };
-        if start_worker {
-            self.start_worker();
-        } else {
-            self.shared.wake.notify_one();
+        match wake {
+            Wake::Start => self.start_worker(),
+            Wake::Notify => self.shared.wake.notify_one(),
+            Wake::No => {}
         }
     }
 
@@ -437,15 +475,11 @@ impl Outbox {
     }
 
     fn start_worker(&self) {
-        let shared = Arc::clone(&self.shared);
-        let started = self
-            .shared
-            .background
-            .spawn(worker::run(Arc::clone(&shared)));
-        if !started {
-            // No runtime here: the next call made inside one starts it.
-            shared.lock().workers -= 1;
-        }
+        // Counted out when the worker ends, or when its future is dropped
+        // without ever running (no runtime here, or one shutting down):
+        // the next call made inside a live runtime starts another.
+        let counted = worker::Counted::new(Arc::clone(&self.shared));
+        self.shared.background.spawn(worker::run(counted));
     }
 
     /// Waits until every job queued before this call is durable or given up,
@@ -457,7 +491,14 @@ impl Outbox {
     /// [`flush`](Self::flush) that gives up at `deadline`; returns the writes
     /// still pending then (none when everything queued before is resolved).
     pub(crate) async fn flush_until(&self, deadline: Option<Instant>) -> Vec<PendingWrite> {
-        let target = self.shared.lock().barrier.cut();
+        let target = {
+            let mut state = self.shared.lock();
+            state.flushes += 1;
+            state.barrier.cut()
+        };
+        let _flushing = Flushing(&self.shared);
+        // A lingering worker writes now.
+        self.shared.wake.notify_one();
         self.ensure_workers();
         loop {
             let changed = self.shared.changed.notified();

@@ -38,16 +38,30 @@ struct Delayed {
     pending_for: Duration,
 }
 
-/// Uncounts a worker that ends abnormally (its runtime shut down).
-struct Counted {
+/// A worker's place in the count, made before its task is spawned: it
+/// uncounts a worker that ends abnormally, including one whose runtime was
+/// shutting down and dropped it before its first poll.
+pub(super) struct Counted {
     shared: Arc<Shared>,
     counted: bool,
+}
+
+impl Counted {
+    /// The place of a worker already counted in `shared`'s state.
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            counted: true,
+        }
+    }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         if self.counted {
-            self.shared.lock().workers -= 1;
+            let mut state = self.shared.lock();
+            state.workers -= 1;
+            state.lingering = false;
         }
     }
 }
@@ -75,11 +89,8 @@ impl Drop for InFlight {
 }
 
 /// A worker: writes batches until nothing is left.
-pub(super) async fn run(shared: Arc<Shared>) {
-    let mut counted = Counted {
-        shared: Arc::clone(&shared),
-        counted: true,
-    };
+pub(super) async fn run(mut counted: Counted) {
+    let shared = Arc::clone(&counted.shared);
     loop {
         let next = shared.lock().next(&shared, Instant::now());
         match next {
@@ -118,6 +129,11 @@ impl State {
             }
         }
         let open = self.breaker.failures > 0;
+        self.lingering = false;
+        if !open && let Some(until) = self.linger_until(shared, now) {
+            self.lingering = true;
+            return Next::Wait(until, Vec::new());
+        }
         let room = if !open {
             MAX_BATCH
         } else if self.breaker.probing || self.breaker.probe_at.is_some_and(|t| t > now) {
@@ -159,6 +175,22 @@ impl State {
                 Next::Exit
             }
         }
+    }
+
+    /// Until when the next batch waits for more work (see
+    /// [`LINGER`](super::LINGER)), or `None` when it goes now: a flush waits,
+    /// enough is ready, the outbox is full, or the oldest ready job has
+    /// waited long enough.
+    fn linger_until(&self, shared: &Shared, now: Instant) -> Option<Instant> {
+        if self.flushes > 0
+            || self.ready.len() >= super::LINGER_UNTIL
+            || self.pending + self.reserved >= shared.config.limit
+        {
+            return None;
+        }
+        let oldest = self.queues.get(self.ready.front()?)?.since;
+        let until = oldest + super::LINGER;
+        (until > now).then_some(until)
     }
 
     /// Takes the queued changes of a task's oldest epoch for a write.
