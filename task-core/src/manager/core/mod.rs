@@ -259,14 +259,29 @@ impl Core {
     /// it has one yet; one made later is born cancelled) and starts its
     /// grace.
     pub(crate) fn request_cancel(self: &Arc<Self>, slot: &Arc<TaskSlot>, entry: &mut Entry) {
-        if !entry.cancel_requested {
-            entry.cancel_requested = true;
-            if let Some(token) = &entry.token {
-                token.cancel();
-            }
-            self.emit(slot, TaskEventKind::CancelRequested);
-            self.schedule_reap(slot, entry);
+        if let Some(token) = self.mark_cancelled(slot, entry) {
+            token.cancel();
         }
+    }
+
+    /// [`request_cancel`](Self::request_cancel) but for the token itself,
+    /// returned to be cancelled once the task's lock is released: a task
+    /// woken by its token at once takes that lock to finish, so cancelling
+    /// many tasks under their locks makes each of them wait for it (and
+    /// `cancel_tree` of 1,001 tasks cost 2 ms instead of about 1).
+    #[must_use = "the token is to be cancelled once the task's lock is released"]
+    fn mark_cancelled(
+        self: &Arc<Self>,
+        slot: &Arc<TaskSlot>,
+        entry: &mut Entry,
+    ) -> Option<RunCancellationToken> {
+        if entry.cancel_requested {
+            return None;
+        }
+        entry.cancel_requested = true;
+        self.emit(slot, TaskEventKind::CancelRequested);
+        self.schedule_reap(slot, entry);
+        entry.token.clone()
     }
 
     /// Has the reaper drop the task if it still runs a cancel grace from now
@@ -356,11 +371,12 @@ impl Core {
         };
         let status = root_slot.lock().status;
         let mut cancelled = Vec::with_capacity(slots.len());
+        let mut tokens = Vec::with_capacity(slots.len());
         for slot in &slots {
             let mut entry = slot.lock();
             match entry.status {
                 TaskStatus::Running => {
-                    self.request_cancel(slot, &mut entry);
+                    tokens.extend(self.mark_cancelled(slot, &mut entry));
                     cancelled.push(slot.summary(&entry));
                 }
                 TaskStatus::Queued => {
@@ -371,6 +387,10 @@ impl Core {
                 }
                 _ => {}
             }
+        }
+        // Outside every task's lock: the tasks woken here finish at once.
+        for token in tokens {
+            token.cancel();
         }
         (Some(status), cancelled)
     }
