@@ -86,7 +86,8 @@
 //! - `memory` (default): re-exports `MemoryStore`; [`store::open`] accepts
 //!   `memory://` with or without it.
 //! - `redis`: re-exports `RedisStore` and lets [`store::open`] accept
-//!   `redis://` URLs (one node, or a Cluster); with `tls` also `rediss://`.
+//!   `redis://` URLs (one node, or a primary with replicas; Redis Cluster is
+//!   not supported yet); with `tls` also `rediss://`.
 //! - `postgres`: re-exports `PostgresStore` and lets [`store::open`] accept
 //!   `postgres://` and `postgresql://` URLs.
 

@@ -29,7 +29,7 @@
 //! `cargo test conformance::create_then_load_round_trips` runs one. The test
 //! crate needs `tokio` (features `macros` and `rt-multi-thread`) as a
 //! dev-dependency. Naming the module lets one test crate run the suite on
-//! several stores (a plain and a clustered server, two configurations).
+//! several stores (two servers, or two configurations of one).
 //!
 //! # The factory
 //!
