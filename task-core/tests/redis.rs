@@ -1,6 +1,10 @@
 //! The manager on Redis: the persistence suite, faults of a real server
 //! (killed with SIGKILL and restarted), and real processes that crash or are
 //! cancelled from another process.
+//!
+//! Size: about 860 lines, over the house limit of about 700: one test binary
+//! for everything that needs a Redis server and real processes, so that the
+//! child-process entry point and the shared server are defined once.
 
 #![cfg(feature = "redis")]
 

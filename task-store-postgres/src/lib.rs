@@ -216,6 +216,7 @@
 //!   your slowest write (a batch of large states) and the response timeout
 //!   above it.
 
+mod batch;
 mod codec;
 mod conn;
 mod error;

@@ -1,6 +1,11 @@
 //! [`PostgresStore`]: the storage contract on PostgreSQL.
+//!
+//! Size: about 820 lines, of which 100 are tests: connecting (URL, pool,
+//! schema check) and the two trait impls, each write one statement. The
+//! batch building is in `batch.rs`, the SQL in `statements.rs`, the
+//! encoding in `codec.rs`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,12 +16,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use task_store::{
     AppendRequest, ChangeSet, Committed, MessagePage, MessageQuery, Result, Thread, ThreadHead,
     ThreadPage, ThreadQuery, ThreadReader, ThreadStoreError, ThreadWriter, VersionPrecondition,
-    effective_limit, validate_id, validate_messages, validate_query, validate_thread,
+    effective_limit, validate_id, validate_query, validate_thread,
 };
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use crate::batch::{AppendColumns, AppendItem, CHUNK, CreateChunk, group_by_thread};
 use crate::codec::{self, Outgoing, bigint, column, count, to_json};
 use crate::conn::{MAX_RACE_RETRIES, on_connection};
 use crate::error::{Failure, Fault, is_race};
@@ -24,15 +30,6 @@ use crate::options::validate_schema;
 use crate::signals::PgSignals;
 use crate::statements::Statements;
 use crate::{PostgresStoreOptions, schema};
-
-/// At most this many threads go into one statement of `create_batch`, and
-/// this many threads' appends into one call of the append function. A
-/// batch of more becomes several statements, spread over up to one
-/// connection per core and pipelined on each, so that the server works on
-/// a large batch with all its cores (measured on 20,000 task finishes in
-/// batches of up to 512: about a quarter more tasks per second than one
-/// statement per batch).
-const CHUNK: usize = 128;
 
 /// How many expired threads one sweep deletes at a time.
 const SWEEP_BATCH: i32 = 500;
@@ -431,210 +428,6 @@ fn with_target(err: ThreadStoreError, target: &str) -> ThreadStoreError {
     }
 }
 
-/// The columns of one `create_batch` statement, and what each of its
-/// items will have committed if it is created.
-#[derive(Default)]
-struct CreateChunk<'a> {
-    /// Result index, thread id, and the write it commits when created.
-    items: Vec<(usize, &'a str, Committed)>,
-    ids: Vec<&'a str>,
-    kinds: Vec<&'a str>,
-    parents: Vec<Option<&'a str>>,
-    metadata: Vec<String>,
-    states: Vec<String>,
-    terminals: Vec<bool>,
-    last_seqs: Vec<i64>,
-    first_ids: Vec<Option<String>>,
-    first_logs: Vec<Option<String>>,
-}
-
-impl<'a> CreateChunk<'a> {
-    fn push(&mut self, slot: usize, thread: &'a Thread) -> Result<()> {
-        let id = thread.id.as_str();
-        let messages = Outgoing::new(id, &thread.messages)?;
-        let n = messages.len();
-        self.metadata.push(to_json(id, &thread.metadata)?);
-        self.states.push(to_json(id, &thread.state)?);
-        self.items.push((
-            slot,
-            id,
-            Committed {
-                version: 1,
-                last_seq: n,
-                appended: n,
-                skipped: messages.repeats,
-            },
-        ));
-        self.ids.push(id);
-        self.kinds.push(&thread.kind);
-        self.parents.push(thread.parent_id.as_deref());
-        self.terminals.push(thread.terminal);
-        self.last_seqs.push(bigint(n));
-        let (first_ids, first_log) = codec::first_entries(&messages);
-        self.first_ids.push(first_ids);
-        self.first_logs.push(first_log);
-        Ok(())
-    }
-
-    fn params<'p>(&'p self, retention_ms: &'p i64) -> Vec<&'p (dyn ToSql + Sync)> {
-        vec![
-            &self.ids,
-            &self.kinds,
-            &self.parents,
-            &self.metadata,
-            &self.states,
-            &self.terminals,
-            &self.last_seqs,
-            retention_ms,
-            &self.first_ids,
-            &self.first_logs,
-        ]
-    }
-}
-
-/// One append of an `append_batch` call, checked, with its new state
-/// encoded.
-struct AppendItem {
-    slot: usize,
-    request: AppendRequest,
-    state: Option<String>,
-}
-
-impl AppendItem {
-    fn new(slot: usize, request: AppendRequest) -> Result<Self> {
-        validate_id("thread id", &request.id)?;
-        validate_messages(&request.changes.messages)?;
-        let state = request
-            .changes
-            .state
-            .as_ref()
-            .map(|s| to_json(&request.id, s))
-            .transpose()?;
-        Ok(Self {
-            slot,
-            request,
-            state,
-        })
-    }
-
-    fn expected(&self) -> Option<u64> {
-        match self.request.precondition {
-            VersionPrecondition::Exact(v) => Some(v),
-            VersionPrecondition::Any => None,
-        }
-    }
-
-    /// The result of this append from its row of the function's answer;
-    /// `sent` and `repeats` count its messages that went to the function
-    /// and those dropped before as repeats within the change set.
-    fn settle(&self, row: &Row, sent: u64, repeats: u64) -> Result<Committed> {
-        let id = self.request.id.as_str();
-        let outcome: String = column(id, row, 0)?;
-        match outcome.as_str() {
-            "n" => Err(ThreadStoreError::NotFound { id: id.to_owned() }),
-            "c" => Err(ThreadStoreError::VersionConflict {
-                id: id.to_owned(),
-                expected: self.expected().unwrap_or_default(),
-                actual: count(id, "version", column(id, row, 1)?)?,
-            }),
-            "o" => {
-                let appended = count(id, "appended count", column(id, row, 3)?)?;
-                Ok(Committed {
-                    version: count(id, "version", column(id, row, 1)?)?,
-                    last_seq: count(id, "last sequence number", column(id, row, 2)?)?,
-                    appended,
-                    skipped: repeats + sent.saturating_sub(appended),
-                })
-            }
-            other => Err(ThreadStoreError::backend(format!(
-                "the append function answered {other:?} for thread '{id}'"
-            ))),
-        }
-    }
-}
-
-/// The arrays of one call of the append function, and the appends they
-/// hold (an append whose messages cannot be encoded is left out, with its
-/// error).
-#[derive(Default)]
-struct AppendColumns<'a> {
-    /// The appends sent, with their messages sent and dropped as repeats.
-    items: Vec<(&'a AppendItem, u64, u64)>,
-    /// The appends left out, with why.
-    refused: Vec<(usize, ThreadStoreError)>,
-    ids: Vec<&'a str>,
-    expected: Vec<Option<i64>>,
-    states: Vec<Option<&'a str>>,
-    terminals: Vec<Option<bool>>,
-    counts: Vec<i32>,
-    message_ids: Vec<Option<&'a str>>,
-    message_bodies: Vec<String>,
-}
-
-impl<'a> AppendColumns<'a> {
-    fn new(items: &[&'a AppendItem]) -> Self {
-        let mut columns = Self::default();
-        for item in items {
-            let id = item.request.id.as_str();
-            let messages = match Outgoing::new(id, &item.request.changes.messages) {
-                Ok(messages) => messages,
-                Err(err) => {
-                    columns.refused.push((item.slot, err));
-                    continue;
-                }
-            };
-            columns.items.push((item, messages.len(), messages.repeats));
-            columns.ids.push(id);
-            columns.expected.push(item.expected().map(bigint));
-            columns.states.push(item.state.as_deref());
-            columns.terminals.push(item.request.changes.terminal);
-            columns
-                .counts
-                .push(i32::try_from(messages.bodies.len()).unwrap_or(i32::MAX));
-            columns.message_ids.extend(messages.ids);
-            columns.message_bodies.extend(messages.bodies);
-        }
-        columns
-    }
-
-    fn params<'p>(&'p self, retention_ms: &'p i64) -> Vec<&'p (dyn ToSql + Sync)> {
-        vec![
-            &self.ids,
-            &self.expected,
-            &self.states,
-            &self.terminals,
-            &self.counts,
-            &self.message_ids,
-            &self.message_bodies,
-            retention_ms,
-        ]
-    }
-}
-
-/// Groups appends into calls of at most [`CHUNK`] threads, every append of
-/// a thread in the call of its first one and in order, so that calls touch
-/// disjoint threads and may run in any order.
-fn group_by_thread(items: &[AppendItem]) -> Vec<Vec<&AppendItem>> {
-    let mut groups: Vec<Vec<&AppendItem>> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
-    let mut threads_in_last = 0;
-    for item in items {
-        if let Some(&group) = group_of.get(item.request.id.as_str()) {
-            groups[group].push(item);
-            continue;
-        }
-        if groups.is_empty() || threads_in_last == CHUNK {
-            groups.push(Vec::new());
-            threads_in_last = 0;
-        }
-        let last = groups.len() - 1;
-        groups[last].push(item);
-        group_of.insert(&item.request.id, last);
-        threads_in_last += 1;
-    }
-    groups
-}
-
 #[async_trait]
 impl ThreadReader for PostgresStore {
     async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
@@ -963,18 +756,6 @@ mod tests {
         assert!(split_url("localhost:5432").is_err());
     }
 
-    fn item(id: &str) -> AppendItem {
-        AppendItem::new(
-            0,
-            AppendRequest {
-                id: id.to_owned(),
-                changes: ChangeSet::default(),
-                precondition: VersionPrecondition::Any,
-            },
-        )
-        .expect("valid")
-    }
-
     /// Every listing reads an index (one of the partial indexes of open
     /// threads for `open_only`) and never scans the table: checked on
     /// the plans PostgreSQL makes for the store's own statements, over a
@@ -1039,18 +820,5 @@ mod tests {
                 "{sql}:\n{plan}"
             );
         }
-    }
-
-    #[test]
-    fn a_threads_appends_share_the_group_of_its_first_in_order() {
-        let mut items: Vec<AppendItem> = (0..CHUNK + 1).map(|i| item(&format!("t{i}"))).collect();
-        items.push(item("t0"));
-        items.push(item(&format!("t{CHUNK}")));
-        let groups = group_by_thread(&items);
-        assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].len(), CHUNK + 1, "t0's second append joins it");
-        assert_eq!(groups[0].last().map(|i| i.request.id.as_str()), Some("t0"));
-        let second: Vec<&str> = groups[1].iter().map(|i| i.request.id.as_str()).collect();
-        assert_eq!(second, [format!("t{CHUNK}"), format!("t{CHUNK}")]);
     }
 }
