@@ -202,6 +202,59 @@ mod tests {
         }
     }
 
+    /// A finished thread of `memory://`, to age and count out.
+    fn finished(id: &str) -> task_store::Thread {
+        let mut thread = task_store::Thread::new(id, "task");
+        thread.terminal = true;
+        thread
+    }
+
+    /// The embedded default keeps a day of finished records, as documented.
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_default_keeps_finished_records_for_a_day() {
+        let store = open("memory://").await.expect("opens");
+        store.create(finished("old")).await.expect("create");
+        tokio::time::advance(MEMORY_RETENTION - Duration::from_secs(60)).await;
+        store.create(finished("newer")).await.expect("create");
+        assert!(store.load("old").await.expect("load").is_some());
+        tokio::time::advance(Duration::from_secs(120)).await;
+        store.create(finished("newest")).await.expect("create");
+        assert!(
+            store.load("old").await.expect("load").is_none(),
+            "a day old"
+        );
+        assert!(store.load("newer").await.expect("load").is_some());
+    }
+
+    /// The embedded default keeps at most 100,000 finished records: the
+    /// oldest goes first.
+    #[tokio::test]
+    async fn the_memory_default_keeps_at_most_its_count_of_finished_records() {
+        let store = open("memory://").await.expect("opens");
+        for chunk in 0..=MEMORY_MAX_FINISHED / 1_000 {
+            let threads: Vec<_> = (0..1_000)
+                .map(|i| chunk * 1_000 + i)
+                .take_while(|n| *n <= MEMORY_MAX_FINISHED)
+                .map(|n| finished(&format!("t{n}")))
+                .collect();
+            for created in store.create_batch(threads).await {
+                created.expect("create");
+            }
+        }
+        assert!(
+            store.load("t0").await.expect("load").is_none(),
+            "the oldest went"
+        );
+        assert!(store.load("t1").await.expect("load").is_some());
+        assert!(
+            store
+                .load(&format!("t{MEMORY_MAX_FINISHED}"))
+                .await
+                .expect("load")
+                .is_some()
+        );
+    }
+
     #[tokio::test]
     async fn memory_urls_set_retention_and_refuse_unknown_parameters() {
         assert!(open("memory://").await.is_ok());
