@@ -125,6 +125,20 @@ fn ci() -> Result<(), String> {
     ]);
     step("test (no default features)", bare)?;
 
+    // The Redis store without TLS: `rediss://` must be refused with an
+    // error naming the feature (tests compiled only without `tls`).
+    let mut plain_redis = cargo();
+    plain_redis.args([
+        "test",
+        "-p",
+        "task-store-redis",
+        "--lib",
+        "--test",
+        "tls",
+        "--locked",
+    ]);
+    step("test (task-store-redis without tls)", plain_redis)?;
+
     Ok(())
 }
 
