@@ -745,6 +745,22 @@ mod tests {
         assert_eq!(schema, None);
     }
 
+    /// TLS is refused before any connection is tried (the port is closed),
+    /// with an error that says what to do and hides the password.
+    #[tokio::test]
+    async fn sslmode_require_is_refused_with_a_clear_error() {
+        let err = PostgresStore::connect("postgres://app:s3cret@127.0.0.1:1/db?sslmode=require")
+            .await
+            .expect_err("no TLS in this build");
+        assert!(
+            matches!(err, ThreadStoreError::Unsupported { .. }),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("sslmode=require"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
     #[test]
     fn other_schemes_are_refused_without_showing_the_password() {
         let err = split_url("mysql://u:pw@host/db").expect_err("not postgres");
