@@ -723,10 +723,10 @@ async fn limits_timeouts_and_retries_hold_on_redis() {
             ),
         )
         .build();
-    let mut ids = Vec::new();
-    for _ in 0..300 {
-        let (running, max) = (Arc::clone(&running), Arc::clone(&max));
-        ids.push(
+    // A thousand spawns at once, each from its own tokio task.
+    let spawns = (0..1_000).map(|_| {
+        let (m, running, max) = (m.clone(), Arc::clone(&running), Arc::clone(&max));
+        tokio::spawn(async move {
             m.spawn("o", "limited", "d", move |_| async move {
                 let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 max.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
@@ -735,9 +735,14 @@ async fn limits_timeouts_and_retries_hold_on_redis() {
                 TaskResult::Success(json!(1))
             })
             .await
-            .expect("spawn"),
-        );
-    }
+            .expect("queued, not refused")
+        })
+    });
+    let ids: Vec<String> = futures::future::join_all(spawns)
+        .await
+        .into_iter()
+        .map(|joined| joined.expect("no panic"))
+        .collect();
     let slow = m
         .spawn("o", "slow", "d", |_| async {
             std::future::pending::<()>().await;
@@ -774,6 +779,12 @@ async fn limits_timeouts_and_retries_hold_on_redis() {
     );
     assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
     m.flush().await;
+    // None lost: every limited task is durable on Redis, completed.
+    let tasks = TaskStore::new(Arc::clone(&store));
+    for id in &ids {
+        let record = tasks.load_task(id).await.expect("load").expect("durable");
+        assert_eq!(record.status, TaskStatus::Completed, "{id}");
+    }
     let names: Vec<String> = store
         .load_all_messages(&TaskStore::thread_id(&flaky))
         .await
