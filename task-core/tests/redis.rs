@@ -877,3 +877,53 @@ async fn a_killed_workers_jobs_are_resumed_by_the_survivors_exactly_once() {
     }
     assert_eq!(runs.lock().expect("lock").len(), 20, "exactly once each");
 }
+
+/// Issue 14 on a real server: a shutdown's total time is bounded by its
+/// grace while Redis answers nothing at all (every client paused, calls
+/// that would wait longer than the grace), and what is not durable is
+/// reported rather than dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_by_its_grace_while_redis_answers_nothing() {
+    let test = "shutdown_is_bounded_by_its_grace_while_redis_answers_nothing";
+    let Some(server) = private_server_or_skip(test, RedisServer::builder()) else {
+        return;
+    };
+    let options = fast_options(&unique_prefix(test)).with_response_timeout(Duration::from_secs(10));
+    let store: Arc<dyn ThreadStore> = Arc::new(
+        RedisStore::connect_with(&server.url(), options)
+            .await
+            .expect("connect"),
+    );
+    let m = multi(&store, "deploying");
+    let id = m
+        .spawn("o", "agent_run", "d", |ctx| async move {
+            ctx.cancelled().await;
+            TaskResult::Cancelled
+        })
+        .await
+        .expect("spawn");
+    m.flush().await;
+    // Every command of every client waits for 5 s from now.
+    server
+        .command(&["CLIENT", "PAUSE", "5000", "ALL"])
+        .expect("pause the server's clients");
+    let started = std::time::Instant::now();
+    let report = m.shutdown(Duration::from_secs(1)).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_500),
+        "shutdown took {took:?} with a grace of 1 s"
+    );
+    assert_eq!(
+        report.finished,
+        [id.as_str()],
+        "the task stopped when asked"
+    );
+    assert!(!report.lease_released, "{report:?}");
+    let pending: Vec<&str> = report
+        .not_durable
+        .iter()
+        .map(|p| p.task_id.as_str())
+        .collect();
+    assert_eq!(pending, [id.as_str()], "what is not durable is reported");
+}
