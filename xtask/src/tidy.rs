@@ -1,5 +1,6 @@
 //! Repository rules, checked as tests: the crate dependency graph points one
-//! way, and every crate shares the workspace's lints and versions.
+//! way, every crate shares the workspace's lints and versions, and no source
+//! file grows long without saying why.
 
 use std::fs;
 
@@ -441,4 +442,52 @@ fn task_core_modules_import_each_other_without_circles() {
             }
         }
     }
+}
+
+/// Lines a source file may have without a reason for its size.
+const LONG_FILE: usize = 720;
+
+/// Every `.rs` file below `dir`, skipping build output.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).expect("a readable folder") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_long_without_a_reason_at_its_top() {
+    let mut files = Vec::new();
+    for dir in crate_dirs() {
+        rust_files(&dir, &mut files);
+    }
+    assert!(files.len() > 50, "only {} source files found", files.len());
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|path| {
+            let text = fs::read_to_string(path).expect("a readable source file");
+            let lines = text.lines().count();
+            // The module docs: the leading `//!` block (inner attributes
+            // and blank lines may sit among them).
+            let head: String = text
+                .lines()
+                .take_while(|l| l.starts_with("//!") || l.starts_with("#!") || l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+            (lines > LONG_FILE && !head.contains("Size:"))
+                .then(|| format!("{} ({lines} lines)", path.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {LONG_FILE} lines need a `Size:` paragraph in their module \
+         docs saying why they are not split (or to be split): {long:?}"
+    );
 }
