@@ -82,17 +82,28 @@ pub(crate) fn json_depth(field: &str, value: &Value) -> Result<(), TaskError> {
 /// Whether `value` nests arrays and objects more than `limit` deep. Walks
 /// with an explicit stack, so a hostile value cannot overflow ours.
 fn depth_over(value: &Value, limit: usize) -> bool {
+    // Only arrays and objects nest: a scalar (the common result) costs no
+    // allocation, and only containers go on the stack.
+    fn nests(value: &Value) -> bool {
+        matches!(value, Value::Array(_) | Value::Object(_))
+    }
+    if !nests(value) {
+        return false;
+    }
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
         if depth + 1 > limit {
             return true;
         }
-        stack.extend(children.map(|child| (child, depth + 1)));
+        match value {
+            Value::Array(items) => {
+                stack.extend(items.iter().filter(|c| nests(c)).map(|c| (c, depth + 1)));
+            }
+            Value::Object(map) => {
+                stack.extend(map.values().filter(|c| nests(c)).map(|c| (c, depth + 1)));
+            }
+            _ => {}
+        }
     }
     false
 }

@@ -15,7 +15,7 @@ mod reports;
 pub(crate) mod supervise;
 pub(crate) mod task;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -78,7 +78,9 @@ pub(crate) struct Core {
     pub(crate) policies: HashMap<String, TaskPolicy>,
     pub(crate) handlers: Handlers,
     max_result_bytes: Option<usize>,
-    resumable_types: HashSet<String>,
+    /// The types resumable by default: a short list, scanned (a hash of
+    /// the type on every spawn cost more than the scan).
+    resumable_types: Box<[Box<str>]>,
     warn_after: Duration,
     pub(crate) outbox: Option<Outbox>,
     pub(crate) lease: LeaseStamp,
@@ -133,7 +135,11 @@ impl Core {
                 policies: config.policies.clone(),
                 handlers: Handlers(handlers),
                 max_result_bytes: config.max_result_bytes,
-                resumable_types: config.resumable_types.clone(),
+                resumable_types: config
+                    .resumable_types
+                    .iter()
+                    .map(|t| Box::from(t.as_str()))
+                    .collect(),
                 warn_after: config.outbox.warn_after,
                 outbox: config
                     .task_store
@@ -163,10 +169,12 @@ impl Core {
     /// Whether tasks of this type support resume by default: its policy
     /// says so, or it is one of the resumable types.
     pub(crate) fn type_supports_resume(&self, task_type: &str) -> bool {
-        self.policies
-            .get(task_type)
-            .and_then(|p| p.resumable)
-            .unwrap_or_else(|| self.resumable_types.contains(task_type))
+        if !self.policies.is_empty()
+            && let Some(resumable) = self.policies.get(task_type).and_then(|p| p.resumable)
+        {
+            return resumable;
+        }
+        self.resumable_types.iter().any(|t| &**t == task_type)
     }
 
     /// The policy a task of `task_type` runs under, with a request's own
