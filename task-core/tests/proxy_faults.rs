@@ -46,11 +46,18 @@ async fn two_thousand_tasks_survive_random_connection_resets() {
             .at_most(60),
     ));
     let prefix = unique_prefix(test);
-    let through: Arc<dyn ThreadStore> = Arc::new(
-        RedisStore::connect_with(&format!("redis://{}/", proxy.addr()), options(&prefix))
-            .await
-            .expect("connect through the proxy"),
-    );
+    // The connection is cut like any other, so the connect itself may fail
+    // (a reply cut during the handshake): retried, as a service would, until
+    // a connection survives. Each failure uses up one of the 60 cuts.
+    let url = format!("redis://{}/", proxy.addr());
+    let mut connect_failures = 0;
+    let through: Arc<dyn ThreadStore> = loop {
+        match RedisStore::connect_with(&url, options(&prefix)).await {
+            Ok(store) => break Arc::new(store),
+            Err(e) if e.is_retryable() && connect_failures < 60 => connect_failures += 1,
+            Err(e) => panic!("connect through the proxy: {e:?}"),
+        }
+    };
     let tasks = Arc::new(TaskStore::new(through));
     let manager = BackgroundTaskManager::builder()
         .task_store(Arc::clone(&tasks))
