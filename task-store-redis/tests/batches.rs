@@ -15,18 +15,7 @@ use task_store::{
 };
 use task_store_redis::RedisStoreOptions;
 
-use support::{purge, raw, shared_store, shared_store_with, shared_url};
-
-async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
-    let mut conn = raw(url).await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    keys.sort();
-    keys
-}
+use support::{keys_under, purge, raw, shared_store, shared_store_with, shared_url};
 
 /// Everything Redis holds for one thread, with its id taken out, to compare
 /// what `create` and `create_batch` wrote for twins.

@@ -19,18 +19,7 @@ use task_store::{
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::unique_prefix;
 
-use support::{purge, raw, shared_store, shared_store_with, shared_url};
-
-async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
-    let mut conn = raw(url).await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    keys.sort();
-    keys
-}
+use support::{keys_under, purge, raw, shared_store, shared_store_with, shared_url};
 
 #[tokio::test]
 async fn ids_with_tag_and_glob_characters_stay_in_one_tag_under_the_prefix() {

@@ -75,3 +75,15 @@ pub fn fast_options() -> RedisStoreOptions {
         .with_reconnect_retries(1)
         .with_reconnect_max_delay(Duration::from_millis(100))
 }
+
+/// Every key under `prefix`, sorted (a `KEYS` scan: test servers only).
+pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
+    let mut conn = raw(url).await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    keys.sort();
+    keys
+}
