@@ -246,6 +246,42 @@ mod batching {
         m.wait("owner", &id).await.expect("known");
     }
 
+    /// A full outbox does not linger either: the spawns waiting for room
+    /// would wait for the clock (no time passes on the paused clock before
+    /// the start is durable).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_full_outbox_writes_at_once_without_lingering() {
+        let counting = Arc::new(Counting::default());
+        let store = Arc::new(TaskStore::new(counting.clone()));
+        let m = BackgroundTaskManager::builder()
+            .task_store(Arc::clone(&store))
+            .outbox_limit(1, task_core::OutboxFull::Wait)
+            .build();
+        let mut events = m.subscribe();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let before = tokio::time::Instant::now();
+        let id = m
+            .spawn("owner", "t", "d", |_| async move {
+                let _ = released.await;
+                TaskResult::Success(Value::Null)
+            })
+            .await
+            .expect("spawn");
+        loop {
+            let event = events.recv().await.expect("events");
+            if event.task_id == id && event.kind == task_core::TaskEventKind::Persisted {
+                break;
+            }
+        }
+        assert_eq!(
+            tokio::time::Instant::now(),
+            before,
+            "the write waited for the clock"
+        );
+        release.send(()).expect("the task waits");
+        m.wait("owner", &id).await.expect("known");
+    }
+
     #[tokio::test]
     async fn a_batch_lost_to_a_panicking_store_shows_and_does_not_stall_flush() {
         let counting = Arc::new(Counting::default());
