@@ -17,8 +17,11 @@ use task_store::{ThreadStore, ThreadStoreError};
 ///   (`memory://?retention=none&max_finished=none` keeps everything).
 ///   Durations are a number with `ms`, `s`, `m`, `h` or `d`. Any other
 ///   parameter is refused.
-/// - `redis://host:port/db?prefix=P` and `rediss://…` connect a
-///   `RedisStore` (feature `redis`); see `task_store_redis` for the options.
+/// - `redis://host:port/db?prefix=P`, `rediss://…` and `redis+unix:///path`
+///   connect a `RedisStore` (feature `redis`) to one server;
+///   `redis+cluster://host:port,host:port/?prefix=P` (or
+///   `rediss+cluster://…`) to a Redis Cluster through the given seed nodes.
+///   See `task_store_redis` for the options.
 /// - `postgres://user@host:port/db?schema=S` and `postgresql://…` connect a
 ///   `PostgresStore` (feature `postgres`), creating or migrating its schema;
 ///   see `task_store_postgres` for the options.
@@ -50,7 +53,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn ThreadStore>, ThreadStoreError> {
         })?;
     match scheme.as_str() {
         "memory" => open_memory(url),
-        "redis" | "rediss" => open_redis(url).await,
+        "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster" => {
+            open_redis(url).await
+        }
         "postgres" | "postgresql" => open_postgres(url).await,
         other => Err(ThreadStoreError::invalid_input(format!(
             "unknown store scheme {other:?} in {url:?}; expected memory://, redis:// or postgres://"

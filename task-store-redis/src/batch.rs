@@ -14,7 +14,7 @@ use task_store::{
 use crate::codec::{encode_messages, expected_arg, terminal_arg, to_json};
 use crate::conn::Invocation;
 use crate::error::{missing_result, not_sent};
-use crate::keys::{KeySpace, ThreadKeys};
+use crate::keys::KeySpace;
 use crate::reply::{CreateStatus, WriteReply, run_items};
 use crate::scripts;
 use crate::store::RedisStore;
@@ -38,16 +38,10 @@ const APPEND_CHUNK: usize = 128;
 /// whatever the size of the batch.
 const RUNS_PER_ROUND_TRIP: usize = 8;
 
-/// One run of the batch create script being laid out: the index keys of
-/// its threads (each kind's once, each pair of parent and kind's once, with
-/// their positions in `KEYS`), the threads' own keys, and their arguments.
-/// See `lua/create_batch.lua`.
+/// One run of the batch create script being laid out: threads of one
+/// shard, their keys and their arguments. See `lua/create_batch.lua`.
 struct CreateRun<'a> {
-    keys: &'a KeySpace,
-    /// `KEYS[4..]`: the index of all threads, then the others.
-    index_keys: Vec<String>,
-    kind_positions: HashMap<&'a str, usize>,
-    parent_positions: HashMap<(&'a str, &'a str), usize>,
+    shard: usize,
     thread_keys: Vec<String>,
     args: Vec<Vec<u8>>,
     /// Per thread: its slot in the batch and what its creation commits.
@@ -56,12 +50,9 @@ struct CreateRun<'a> {
 }
 
 impl<'a> CreateRun<'a> {
-    fn new(keys: &'a KeySpace) -> Self {
+    fn new(shard: usize) -> Self {
         Self {
-            keys,
-            index_keys: vec![keys.idx_all()],
-            kind_positions: HashMap::new(),
-            parent_positions: HashMap::new(),
+            shard,
             thread_keys: Vec::new(),
             args: Vec::new(),
             items: Vec::new(),
@@ -77,61 +68,32 @@ impl<'a> CreateRun<'a> {
         self.ids.contains(id)
     }
 
-    /// The position in `KEYS` of the next index key (1 is the expiry set,
-    /// 2 and 3 the open index).
-    fn next_position(&self) -> usize {
-        self.index_keys.len() + 4
-    }
-
-    /// Lays out one validated thread, not yet in this run. Fails, changing
-    /// nothing, when its data cannot be encoded.
-    fn push(&mut self, slot: usize, thread: &'a Thread) -> Result<()> {
+    /// Lays out one validated thread of this run's shard, not yet in this
+    /// run. Fails, changing nothing, when its data cannot be encoded.
+    fn push(&mut self, keys: &KeySpace, slot: usize, thread: &'a Thread) -> Result<()> {
         let id = thread.id.as_str();
         let state = to_json(id, &thread.state)?;
         let meta = to_json(id, &thread.metadata)?;
         // The log of a fresh thread: in order, repeated ids skipped.
         let (messages, skipped) = encode_messages(id, &thread.messages)?;
         let appended = (messages.len() / 2) as u64;
-
-        let kind = thread.kind.as_str();
-        let kind_position = match self.kind_positions.get(kind) {
-            Some(&position) => position,
-            None => {
-                let position = self.next_position();
-                self.index_keys.push(self.keys.idx_kind(kind));
-                self.kind_positions.insert(kind, position);
-                position
-            }
-        };
-        let parent = thread.parent_id.as_deref();
-        let parent_position = match parent {
-            None => 0,
-            Some(parent) => match self.parent_positions.get(&(parent, kind)) {
-                Some(&position) => position,
-                None => {
-                    let position = self.next_position();
-                    self.index_keys.push(self.keys.idx_parent(parent));
-                    self.index_keys
-                        .push(self.keys.idx_parent_kind(parent, kind));
-                    self.parent_positions.insert((parent, kind), position);
-                    position
-                }
-            },
-        };
-
         let args = &mut self.args;
         args.push(id.as_bytes().to_vec());
         args.push(terminal_arg(Some(thread.terminal)).as_bytes().to_vec());
-        args.push(kind_position.to_string().into_bytes());
-        args.push(parent_position.to_string().into_bytes());
         args.push(state.into_bytes());
-        args.push(kind.as_bytes().to_vec());
+        args.push(thread.kind.as_bytes().to_vec());
         args.push(meta.into_bytes());
-        args.push(parent.unwrap_or_default().as_bytes().to_vec());
+        args.push(
+            thread
+                .parent_id
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        );
         args.push(appended.to_string().into_bytes());
         args.extend(messages);
-        let ThreadKeys { head, log, mids } = self.keys.thread(id);
-        self.thread_keys.extend([head, log, mids]);
+        self.thread_keys.push(keys.thread(id));
         self.items.push((
             slot,
             Committed {
@@ -146,31 +108,25 @@ impl<'a> CreateRun<'a> {
     }
 
     /// The script's invocation, and per thread its slot and what it commits.
-    fn finish(self, retention_ms: u64) -> (Invocation, Vec<(usize, Committed)>) {
+    fn finish(self, keys: &KeySpace, retention_ms: u64) -> (Invocation, Vec<(usize, Committed)>) {
         let mut invocation = Invocation::new(&scripts::CREATE_BATCH);
-        invocation.args.reserve(3 + self.args.len());
+        invocation.args.reserve(2 + self.args.len());
         invocation.args.push(retention_ms.to_string().into_bytes());
-        invocation
-            .args
-            .push(self.index_keys.len().to_string().into_bytes());
         invocation
             .args
             .push(self.items.len().to_string().into_bytes());
         invocation.args.extend(self.args);
-        invocation
-            .keys
-            .reserve(3 + self.index_keys.len() + self.thread_keys.len());
-        invocation.keys.extend(self.keys.shared());
-        invocation.keys.extend(self.index_keys);
+        invocation.keys.reserve(5 + self.thread_keys.len());
+        invocation.keys.extend(keys.indexes(self.shard));
         invocation.keys.extend(self.thread_keys);
         (invocation, self.items)
     }
 }
 
-/// One run of the batch append script being laid out: the keys and
-/// arguments of its items. See `lua/append_batch.lua`.
-struct AppendRun<'a> {
-    keys: &'a KeySpace,
+/// One run of the batch append script being laid out: appends to threads
+/// of one shard, their keys and arguments. See `lua/append_batch.lua`.
+struct AppendRun {
+    shard: usize,
     thread_keys: Vec<String>,
     args: Vec<Vec<u8>>,
     /// Per item: its slot in the batch, and how many of its messages were
@@ -178,10 +134,10 @@ struct AppendRun<'a> {
     items: Vec<(usize, u64)>,
 }
 
-impl<'a> AppendRun<'a> {
-    fn new(keys: &'a KeySpace) -> Self {
+impl AppendRun {
+    fn new(shard: usize) -> Self {
         Self {
-            keys,
+            shard,
             thread_keys: Vec::new(),
             args: Vec::new(),
             items: Vec::new(),
@@ -192,9 +148,9 @@ impl<'a> AppendRun<'a> {
         self.items.len()
     }
 
-    /// Lays out one validated append. Fails, changing nothing, when its
-    /// data cannot be encoded.
-    fn push(&mut self, slot: usize, request: &AppendRequest) -> Result<()> {
+    /// Lays out one validated append to a thread of this run's shard.
+    /// Fails, changing nothing, when its data cannot be encoded.
+    fn push(&mut self, keys: &KeySpace, slot: usize, request: &AppendRequest) -> Result<()> {
         let id = request.id.as_str();
         let changes = &request.changes;
         let state = changes
@@ -213,14 +169,13 @@ impl<'a> AppendRun<'a> {
         args.push(terminal_arg(changes.terminal).as_bytes().to_vec());
         args.push((messages.len() / 2).to_string().into_bytes());
         args.extend(messages);
-        let ThreadKeys { head, log, mids } = self.keys.thread(id);
-        self.thread_keys.extend([head, log, mids]);
+        self.thread_keys.push(keys.thread(id));
         self.items.push((slot, repeats));
         Ok(())
     }
 
     /// The script's invocation, and per item its slot and repeats.
-    fn finish(self, retention_ms: u64) -> (Invocation, Vec<(usize, u64)>) {
+    fn finish(self, keys: &KeySpace, retention_ms: u64) -> (Invocation, Vec<(usize, u64)>) {
         let mut invocation = Invocation::new(&scripts::APPEND_BATCH);
         invocation.args.reserve(2 + self.args.len());
         invocation.args.push(retention_ms.to_string().into_bytes());
@@ -228,8 +183,8 @@ impl<'a> AppendRun<'a> {
             .args
             .push(self.items.len().to_string().into_bytes());
         invocation.args.extend(self.args);
-        invocation.keys.reserve(3 + self.thread_keys.len());
-        invocation.keys.extend(self.keys.shared());
+        invocation.keys.reserve(5 + self.thread_keys.len());
+        invocation.keys.extend(keys.indexes(self.shard));
         invocation.keys.extend(self.thread_keys);
         (invocation, self.items)
     }
@@ -265,23 +220,28 @@ impl RedisStore {
         let retention_ms = self.inner.retention_ms;
         let mut results = Results::new(threads.len());
         let mut runs = Vec::new();
-        let mut run = CreateRun::new(keys);
+        // The run being filled, per shard.
+        let mut open: HashMap<usize, CreateRun<'_>> = HashMap::new();
         for (slot, thread) in threads.iter().enumerate() {
             if let Err(err) = validate_thread(thread) {
                 results.set(slot, Err(err));
                 continue;
             }
+            let shard = keys.shard(&thread.id);
+            let run = open.entry(shard).or_insert_with(|| CreateRun::new(shard));
             if run.len() == CREATE_CHUNK || run.holds(&thread.id) {
-                let full = std::mem::replace(&mut run, CreateRun::new(keys));
-                runs.push(full.finish(retention_ms));
+                let full = std::mem::replace(run, CreateRun::new(shard));
+                runs.push(full.finish(keys, retention_ms));
             }
-            if let Err(err) = run.push(slot, thread) {
+            if let Err(err) = run.push(keys, slot, thread) {
                 results.set(slot, Err(err));
             }
         }
-        if run.len() > 0 {
-            runs.push(run.finish(retention_ms));
-        }
+        let mut rest: Vec<CreateRun<'_>> = open.into_values().filter(|run| run.len() > 0).collect();
+        // The first item of each run in batch order, so runs go in the
+        // order of their items.
+        rest.sort_by_key(|run| run.items.first().map(|(slot, _)| *slot));
+        runs.extend(rest.into_iter().map(|run| run.finish(keys, retention_ms)));
 
         self.send_runs(&runs, &mut results, |items, value, results| {
             let statuses = CreateStatus::parse_run(value, items.len())?;
@@ -302,8 +262,10 @@ impl RedisStore {
     pub(crate) async fn append_many(&self, requests: &[AppendRequest]) -> Vec<Result<Committed>> {
         let keys = &self.inner.keys;
         let mut results = Results::new(requests.len());
-        let mut runs: Vec<AppendRun<'_>> = Vec::new();
+        let mut runs: Vec<AppendRun> = Vec::new();
+        // The run of each thread, and the run being filled, per shard.
         let mut run_of: HashMap<&str, usize> = HashMap::new();
+        let mut filling: HashMap<usize, usize> = HashMap::new();
         for (slot, request) in requests.iter().enumerate() {
             let id = request.id.as_str();
             if let Err(err) = validate_id("thread id", id)
@@ -315,22 +277,27 @@ impl RedisStore {
             let target = match run_of.get(id) {
                 Some(&target) => target,
                 None => {
-                    if runs.last().is_none_or(|run| run.len() >= APPEND_CHUNK) {
-                        runs.push(AppendRun::new(keys));
-                    }
-                    let target = runs.len() - 1;
+                    let shard = keys.shard(id);
+                    let target = match filling.get(&shard) {
+                        Some(&run) if runs[run].len() < APPEND_CHUNK => run,
+                        _ => {
+                            runs.push(AppendRun::new(shard));
+                            filling.insert(shard, runs.len() - 1);
+                            runs.len() - 1
+                        }
+                    };
                     run_of.insert(id, target);
                     target
                 }
             };
-            if let Err(err) = runs[target].push(slot, request) {
+            if let Err(err) = runs[target].push(keys, slot, request) {
                 results.set(slot, Err(err));
             }
         }
         let runs: Vec<_> = runs
             .into_iter()
             .filter(|run| run.len() > 0)
-            .map(|run| run.finish(self.inner.retention_ms))
+            .map(|run| run.finish(keys, self.inner.retention_ms))
             .collect();
 
         self.send_runs(&runs, &mut results, |items, value, results| {

@@ -2,7 +2,8 @@
 //!
 //! Retryability is decided here, where the error is born: timeouts, dropped
 //! or refused connections and the server's own "try again later" answers
-//! (`LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY`)
+//! (`LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `READONLY`,
+//! and a `MOVED` or `ASK` the cluster client could not follow)
 //! are retryable; a refused login is [`ThreadStoreError::Authentication`]; a
 //! key of the wrong type is [`ThreadStoreError::Corrupt`] for the thread it
 //! belongs to; everything else (a script error, `OOM`, a protocol error) is
@@ -65,7 +66,9 @@ impl From<RedisFailure<'_>> for ThreadStoreError {
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::ReadOnly,
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask,
                 ),
                 _,
             )

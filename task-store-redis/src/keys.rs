@@ -1,5 +1,6 @@
-//! Key names: every key of the store lives under its prefix, every key of one
-//! thread shares one hash tag, and no id can move that tag or leave the prefix.
+//! Key names: every key of the store lives under its prefix; a thread's key
+//! and the indexes it is listed in share its shard's hash tag (one slot);
+//! no id can move that tag or leave the prefix.
 
 use task_store::ThreadStoreError;
 
@@ -44,98 +45,148 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), ThreadStoreError> {
     Ok(())
 }
 
-/// The key names of one store (one prefix).
+/// The number of hash slots of Redis Cluster.
+const SLOTS: u32 = 16384;
+
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of
+/// the key's hash tag (the part between the first `{` and the next `}`,
+/// when not empty) or of the whole key, modulo 16384.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS as u16
+}
+
+/// The shard of a thread id among `shards`: FNV-1a (64 bits) of the id's
+/// bytes, modulo the shard count. Part of the key layout: it must never
+/// change for layout 2.
+pub(crate) fn shard_of(id: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in id.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    // `shards` is at most MAX_SHARDS, so the remainder fits.
+    (hash % shards as u64) as usize
+}
+
+/// The most shards a store may have.
+pub(crate) const MAX_SHARDS: usize = 1024;
+
+/// The hash tag of shard `i` of `shards`: the first `i.j` (j = 0, 1, …)
+/// whose hash slot lies in the `i`-th of `shards` equal parts of the slot
+/// space. Redis Cluster gives each master a contiguous range of slots, so
+/// the shards of a store spread over the masters as evenly as the slots.
+fn shard_tag(i: usize, shards: usize) -> String {
+    let lo = (i as u64 * u64::from(SLOTS) / shards as u64) as u16;
+    let hi = ((i as u64 + 1) * u64::from(SLOTS) / shards as u64) as u16;
+    (0u32..)
+        .map(|j| format!("{i}.{j}"))
+        .find(|tag| (lo..hi).contains(&key_slot(tag.as_bytes())))
+        .unwrap_or_else(|| format!("{i}.0"))
+}
+
+/// The key names of one store (one prefix, one shard count).
 #[derive(Debug, Clone)]
 pub(crate) struct KeySpace {
     prefix: String,
+    /// Per shard, the start of its keys: `P:{tag}`.
+    bases: Vec<String>,
 }
 
-/// The three keys of one thread, all in the hash tag of its encoded id.
-#[derive(Debug, Clone)]
-pub(crate) struct ThreadKeys {
-    /// The head: a hash of version, last sequence number, kind, parent,
-    /// metadata, state and finished mark.
-    pub(crate) head: String,
-    /// The log: a hash from sequence number to message.
-    pub(crate) log: String,
-    /// The message ids already in the log: a hash from message id to sequence number.
-    pub(crate) mids: String,
-}
+/// The five sorted sets of one shard, in the order every write script
+/// takes them as `KEYS[1..5]`.
+pub(crate) const INDEX_NAMES: [&str; 5] =
+    ["kind", "parent", "open:kind", "open:parent", "expiring"];
 
 impl KeySpace {
-    pub(crate) fn new(prefix: String) -> Self {
-        Self { prefix }
+    /// The key space of `prefix` with `shards` shards (1 to [`MAX_SHARDS`]).
+    pub(crate) fn new(prefix: String, shards: usize) -> Self {
+        let shards = shards.clamp(1, MAX_SHARDS);
+        let bases = (0..shards)
+            .map(|i| format!("{prefix}:{{{}}}", shard_tag(i, shards)))
+            .collect();
+        Self { prefix, bases }
     }
 
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    pub(crate) fn thread(&self, id: &str) -> ThreadKeys {
-        let tag = format!("{}:{{{}}}", self.prefix, encode(id));
-        ThreadKeys {
-            head: format!("{tag}:head"),
-            log: format!("{tag}:log"),
-            mids: format!("{tag}:mids"),
+    /// How many shards the store has.
+    pub(crate) fn shards(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// The shard a thread's keys are in.
+    pub(crate) fn shard(&self, id: &str) -> usize {
+        shard_of(id, self.bases.len())
+    }
+
+    /// The key of the layout record: which layout and how many shards.
+    pub(crate) fn layout(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+
+    /// The keys of layout 1, any of which shows a store of that layout.
+    pub(crate) fn layout_one_markers(&self) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}:idx:all"),
+            format!("{p}:idx:open:kind"),
+            format!("{p}:idx:expiring"),
+        ]
+    }
+
+    /// The start of the thread keys of a shard: `P:{tag}:t:`, followed by
+    /// the encoded id.
+    pub(crate) fn thread_prefix(&self, shard: usize) -> String {
+        format!("{}:t:", self.bases[shard])
+    }
+
+    /// The one key of a thread: its head, log and message ids in one hash.
+    pub(crate) fn thread(&self, id: &str) -> String {
+        format!("{}:t:{}", self.bases[self.shard(id)], encode(id))
+    }
+
+    /// The five sorted sets of a shard, in [`INDEX_NAMES`] order.
+    pub(crate) fn indexes(&self, shard: usize) -> [String; 5] {
+        INDEX_NAMES.map(|name| format!("{}:{name}", self.bases[shard]))
+    }
+
+    /// One sorted set of a shard, by its name in [`INDEX_NAMES`].
+    pub(crate) fn index(&self, shard: usize, name: &str) -> String {
+        format!("{}:{name}", self.bases[shard])
+    }
+
+    /// The channel of a signal: `P:signal:` and the channel name, or with
+    /// the encoded name as a hash tag for sharded pub/sub on a cluster.
+    pub(crate) fn signal(&self, channel: &str, sharded: bool) -> String {
+        if sharded {
+            format!("{}:signal:{{{}}}", self.prefix, encode(channel))
+        } else {
+            format!("{}:signal:{channel}", self.prefix)
         }
-    }
-
-    pub(crate) fn head(&self, id: &str) -> String {
-        format!("{}:{{{}}}:head", self.prefix, encode(id))
-    }
-
-    /// Every thread of the store.
-    pub(crate) fn idx_all(&self) -> String {
-        format!("{}:idx:all", self.prefix)
-    }
-
-    /// Finished threads with a retention TTL, scored by the time they expire
-    /// (ms), as `id\nkind\nparent`, for sweeping their index entries.
-    pub(crate) fn expiring(&self) -> String {
-        format!("{}:idx:expiring", self.prefix)
-    }
-
-    /// The open threads, as `kind\0id`.
-    pub(crate) fn open_by_kind(&self) -> String {
-        format!("{}:idx:open:kind", self.prefix)
-    }
-
-    /// The open threads with a parent, as `parent\0kind\0id`.
-    pub(crate) fn open_by_parent(&self) -> String {
-        format!("{}:idx:open:parent", self.prefix)
-    }
-
-    /// The keys every write script takes first: the expiry set and the open
-    /// index (by kind, by parent).
-    pub(crate) fn shared(&self) -> [String; 3] {
-        [self.expiring(), self.open_by_kind(), self.open_by_parent()]
-    }
-
-    /// The threads of one kind.
-    pub(crate) fn idx_kind(&self, kind: &str) -> String {
-        format!("{}:idx:kind:{}", self.prefix, encode(kind))
-    }
-
-    /// The threads of one parent.
-    pub(crate) fn idx_parent(&self, parent: &str) -> String {
-        format!("{}:idx:parent:{}", self.prefix, encode(parent))
-    }
-
-    /// The threads of one parent and one kind.
-    pub(crate) fn idx_parent_kind(&self, parent: &str, kind: &str) -> String {
-        format!("{}:idx:pk:{}:{}", self.prefix, encode(parent), encode(kind))
-    }
-
-    /// The index keys a thread of this kind and parent is listed in, in the
-    /// order the write script expects them: all, kind, then parent and
-    /// parent+kind when there is a parent.
-    pub(crate) fn indexes_of(&self, kind: &str, parent: Option<&str>) -> Vec<String> {
-        let mut keys = vec![self.idx_all(), self.idx_kind(kind)];
-        if let Some(parent) = parent {
-            keys.push(self.idx_parent(parent));
-            keys.push(self.idx_parent_kind(parent, kind));
-        }
-        keys
     }
 }
 
@@ -155,22 +206,47 @@ mod tests {
     }
 
     #[test]
-    fn thread_keys_share_exactly_one_hash_tag() {
-        let keys = KeySpace::new("p".into()).thread("x}{y");
-        assert_eq!(keys.head, "p:{x%7D%7By}:head");
-        for key in [&keys.head, &keys.log, &keys.mids] {
-            assert_eq!(key.matches('{').count(), 1, "{key}");
-            assert_eq!(key.matches('}').count(), 1, "{key}");
-            assert!(key.starts_with("p:{x%7D%7By}:"), "{key}");
+    fn a_thread_has_one_key_with_its_shards_tag() {
+        let space = KeySpace::new("p".into(), 1);
+        assert_eq!(space.thread("x}{y"), "p:{0.0}:t:x%7D%7By");
+        let key = space.thread("x}{y");
+        assert_eq!(key.matches('{').count(), 1, "{key}");
+        assert_eq!(key.matches('}').count(), 1, "{key}");
+        for index in space.indexes(0) {
+            assert!(index.starts_with("p:{0.0}:"), "{index}");
+            assert_eq!(key_slot(index.as_bytes()), key_slot(key.as_bytes()));
         }
     }
 
     #[test]
-    fn parent_and_kind_cannot_be_confused_in_the_combined_index() {
-        let space = KeySpace::new("p".into());
-        assert_ne!(
-            space.idx_parent_kind("a:b", "c"),
-            space.idx_parent_kind("a", "b:c")
+    fn key_slots_match_redis_cluster() {
+        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 0x31C3); // below 16384, so the CRC itself
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        // The first tag counts; an empty one does not (the whole key is hashed).
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+    }
+
+    #[test]
+    fn shards_spread_evenly_over_the_slot_space() {
+        let space = KeySpace::new("p".into(), 16);
+        for shard in 0..16 {
+            let slot = u32::from(key_slot(space.index(shard, "kind").as_bytes()));
+            assert_eq!(slot * 16 / 16384, shard as u32, "shard {shard}");
+        }
+        let mut counts = [0usize; 16];
+        for i in 0..16_000 {
+            counts[space.shard(&format!("task-{i}"))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
         );
     }
 

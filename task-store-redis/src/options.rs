@@ -6,7 +6,7 @@ use std::time::Duration;
 pub const DEFAULT_PREFIX: &str = "bgtask";
 
 /// Options of a [`RedisStore`](crate::RedisStore): key prefix, timeouts,
-/// reconnection and retention.
+/// reconnection, retention, shards and replica acknowledgement.
 ///
 /// The defaults suit a Redis on the same network: a 1 s connect timeout, a
 /// 500 ms response timeout, two reconnection retries at most 500 ms apart, and
@@ -54,6 +54,26 @@ pub struct RedisStoreOptions {
     /// leaving it to [`RedisStore::sweep_expired`](crate::RedisStore::sweep_expired)
     /// and to listings, which drop such entries as they pass them).
     pub sweep_interval: Option<Duration>,
+    /// How many shards a new store spreads its threads and indexes over
+    /// (`?shards=N`, 1 to 1024). `None` (the default) means 1 on a single
+    /// server and 16 on a Redis Cluster. The count is recorded in the store
+    /// when it is first opened; a store opened later with another explicit
+    /// count is refused, and without one it takes the recorded count. See
+    /// the [crate docs](crate#key-layout).
+    pub shards: Option<usize>,
+    /// How many replicas must acknowledge each write (`?wait=N`) before it
+    /// is reported done: every write's pipeline ends with `WAIT N timeout`,
+    /// and a write acknowledged by fewer replicas within
+    /// [`wait_timeout`](Self::wait_timeout) fails with the retryable
+    /// [`Unavailable`](task_store::ThreadStoreError::Unavailable) (it was
+    /// applied on the primary and may survive, or be lost in a failover).
+    /// 0 (the default) does not wait: a failover may then lose the writes
+    /// of the last moments. See the [crate docs](crate#in-production).
+    pub wait_for_replicas: usize,
+    /// How long a write waits for its replicas' acknowledgement
+    /// (`?wait_timeout=D`, default 200 ms). Keep it below the response
+    /// timeout.
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisStoreOptions {
@@ -66,6 +86,9 @@ impl Default for RedisStoreOptions {
             reconnect_max_delay: Duration::from_millis(500),
             retention: None,
             sweep_interval: Some(Duration::from_secs(60)),
+            shards: None,
+            wait_for_replicas: 0,
+            wait_timeout: Duration::from_millis(200),
         }
     }
 }
@@ -104,6 +127,21 @@ impl RedisStoreOptions {
     /// Sets how often expired index entries are swept in the background.
     pub fn with_sweep_interval(mut self, every: Option<Duration>) -> Self {
         self.sweep_interval = every;
+        self
+    }
+
+    /// Sets how many shards a new store has (`None`: 1 on a single server,
+    /// 16 on a cluster).
+    pub fn with_shards(mut self, shards: Option<usize>) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// Makes every write wait until `replicas` replicas acknowledged it,
+    /// for at most `timeout`.
+    pub fn with_wait_for_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.wait_for_replicas = replicas;
+        self.wait_timeout = timeout;
         self
     }
 

@@ -11,11 +11,6 @@ pub(crate) enum WriteReply {
     NotFound,
     Exists,
     Conflict(u64),
-    /// The stored kind or parent is not the one `save` assumed.
-    Moved {
-        kind: String,
-        parent: Option<String>,
-    },
     Corrupt(String),
     BadIndex(String),
 }
@@ -34,10 +29,6 @@ impl WriteReply {
             "notfound" => Self::NotFound,
             "exists" => Self::Exists,
             "conflict" => Self::Conflict(int(id, items.next())?),
-            "moved" => Self::Moved {
-                kind: opt_string(id, items.next())?.unwrap_or_default(),
-                parent: opt_string(id, items.next())?,
-            },
             "corrupt" => Self::Corrupt(
                 opt_string(id, items.next())?.unwrap_or_else(|| "unreadable record".to_owned()),
             ),
@@ -48,8 +39,7 @@ impl WriteReply {
 
     /// The write's result: what it committed, or the error its reply means.
     /// `precondition` is the one the write was made with (for a conflict's
-    /// expected version). A `Moved` reply is the caller's to handle; here it
-    /// is unexpected.
+    /// expected version).
     pub(crate) fn into_result(
         self,
         id: &str,
@@ -69,7 +59,6 @@ impl WriteReply {
             Self::Exists => Err(ThreadStoreError::AlreadyExists { id: id.to_owned() }),
             Self::Corrupt(reason) => Err(ThreadStoreError::corrupt(id, reason)),
             Self::BadIndex(key) => Err(bad_index(&key)),
-            Self::Moved { .. } => Err(unexpected(id, "a reply that does not fit this write")),
         }
     }
 }

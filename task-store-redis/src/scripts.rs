@@ -4,8 +4,9 @@
 //! shares) followed by the script's own file, whose header says what it
 //! takes in `KEYS` and `ARGV` and what it returns.
 //!
-//! Every write of a thread is one script on the thread's own keys (one hash
-//! tag, one slot), which on a single node also maintains the indexes. A
+//! Every write is one script on the keys of one shard (one hash tag, one
+//! slot): the threads' keys and the shard's indexes, so it runs unchanged
+//! on a single node and on Redis Cluster. A
 //! `create` is a `create_batch` of one and an `append` an `append_batch` of
 //! one, so each rule of a write is written once. All data comes in through
 //! `ARGV`, never into the source, so the scripts are loaded once and run by
@@ -57,16 +58,12 @@ scripts! {
     SAVE = "save.lua";
     /// A page of a thread's log (`lua/read_log.lua`).
     READ_LOG = "read_log.lua";
-    /// Deletes a thread's keys (`lua/delete.lua`).
+    /// Deletes a thread with its index entries (`lua/delete.lua`).
     DELETE = "delete.lua";
-    /// A page of an open index (`lua/list_open.lua`).
-    LIST_OPEN = "list_open.lua";
-    /// Drops stale index entries, conditionally (`lua/prune.lua`).
-    PRUNE = "prune.lua";
-    /// The due entries of the expiry set (`lua/due.lua`).
-    DUE = "due.lua";
-    /// Forgets swept entries of the expiry set (`lua/forget.lua`).
-    FORGET = "forget.lua";
+    /// A page of one shard's index (`lua/list.lua`).
+    LIST = "list.lua";
+    /// Sweeps the index entries of expired threads of a shard (`lua/sweep.lua`).
+    SWEEP = "sweep.lua";
 }
 
 impl std::ops::Deref for Lua {

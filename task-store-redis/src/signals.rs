@@ -1,38 +1,101 @@
-//! Wake-ups between processes through Redis pub/sub.
+//! Wake-ups between processes through Redis pub/sub: plain pub/sub on one
+//! server, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7) on a cluster.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use task_store::{
     Result, SignalReceiver, SignalSource, ThreadSignals, ThreadStoreError, validate_id,
 };
+use tokio::sync::mpsc;
 
+use crate::conn::{ClusterSeeds, Link, Subscriber};
 use crate::error::RedisFailure;
+use crate::keys::KeySpace;
 
-/// Wake-ups through Redis pub/sub on `<prefix>:signal:<channel>` (best
-/// effort, as the contract says: a message sent while a subscriber
-/// reconnects is lost): a `PUBLISH` to signal, a dedicated subscriber
-/// connection per watch.
+/// Wake-ups through Redis pub/sub (best effort, as the contract says: a
+/// message sent while a subscriber reconnects is lost; the task layer's
+/// inbox poll is the fallback).
+///
+/// On one server: a `PUBLISH` on `<prefix>:signal:<channel>` to signal, a
+/// dedicated subscriber connection per watch. On a cluster: an `SPUBLISH`
+/// on `<prefix>:signal:{<channel>}` (the channel's own slot, so signals
+/// spread over the masters), and one shared RESP3 connection per store
+/// for every watch, which `redis-rs` subscribes again after a reconnection
+/// or a failover.
 #[derive(Clone)]
 pub(crate) struct RedisSignals {
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
-    pub(crate) prefix: String,
+    pub(crate) link: Link,
+    pub(crate) subscriber: Subscriber,
+    pub(crate) keys: KeySpace,
+    /// The cluster's shared subscriber, made on the first watch.
+    pub(crate) hub: Arc<tokio::sync::Mutex<Option<Arc<Hub>>>>,
 }
 
 impl fmt::Debug for RedisSignals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSignals")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
             .finish_non_exhaustive()
     }
+}
+
+/// The watchers of each channel, by channel name.
+type Watchers = HashMap<Vec<u8>, Vec<mpsc::UnboundedSender<()>>>;
+
+/// A cluster's shared subscriber: the connection the pushes arrive on, and
+/// where they go.
+pub(crate) struct Hub {
+    conn: ClusterConnection,
+    watchers: Arc<Mutex<Watchers>>,
 }
 
 impl RedisSignals {
     fn channel(&self, channel: &str) -> Result<String> {
         validate_id("signal channel", channel)?;
-        Ok(format!("{}:signal:{channel}", self.prefix))
+        Ok(self
+            .keys
+            .signal(channel, matches!(self.link, Link::Cluster(_))))
+    }
+
+    /// The shared subscriber of a cluster, connecting it on first use.
+    async fn hub(&self, seeds: &ClusterSeeds) -> Result<Arc<Hub>> {
+        let mut slot = self.hub.lock().await;
+        if let Some(hub) = slot.as_ref() {
+            return Ok(Arc::clone(hub));
+        }
+        let watchers: Arc<Mutex<Watchers>> = Arc::default();
+        let sink = Arc::clone(&watchers);
+        let deliver = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+            if !matches!(push.kind, PushKind::SMessage | PushKind::Message) {
+                return Ok(());
+            }
+            let Some(Value::BulkString(channel)) = push.data.first() else {
+                return Ok(());
+            };
+            let mut watchers = sink.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(senders) = watchers.get_mut(channel) {
+                senders.retain(|sender| sender.send(()).is_ok());
+            }
+            Ok(())
+        };
+        let client = seeds
+            .builder()
+            .use_protocol(ProtocolVersion::RESP3)
+            .push_sender(deliver)
+            .build()
+            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+        let hub = Arc::new(Hub { conn, watchers });
+        *slot = Some(Arc::clone(&hub));
+        Ok(hub)
     }
 }
 
@@ -40,8 +103,12 @@ impl RedisSignals {
 impl ThreadSignals for RedisSignals {
     async fn signal(&self, channel: &str) -> Result<()> {
         let channel = self.channel(channel)?;
-        let mut conn = self.conn.clone();
-        let _receivers: i64 = redis::cmd("PUBLISH")
+        let publish = match self.link {
+            Link::Single(_) => "PUBLISH",
+            Link::Cluster(_) => "SPUBLISH",
+        };
+        let mut conn = self.link.clone();
+        let _receivers: i64 = redis::cmd(publish)
             .arg(&channel)
             .arg(1)
             .query_async(&mut conn)
@@ -52,18 +119,60 @@ impl ThreadSignals for RedisSignals {
 
     async fn watch(&self, channel: &str) -> Result<SignalReceiver> {
         let channel = self.channel(channel)?;
-        let mut pubsub = self
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
-        pubsub
-            .subscribe(&channel)
-            .await
-            .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
-        Ok(SignalReceiver::new(Box::new(Subscription(Box::pin(
-            pubsub.into_on_message(),
-        )))))
+        match &self.subscriber {
+            Subscriber::Single(client) => {
+                let mut pubsub = client
+                    .get_async_pubsub()
+                    .await
+                    .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+                pubsub
+                    .subscribe(&channel)
+                    .await
+                    .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
+                Ok(SignalReceiver::new(Box::new(Subscription(Box::pin(
+                    pubsub.into_on_message(),
+                )))))
+            }
+            Subscriber::Cluster(seeds) => {
+                let hub = self.hub(seeds).await?;
+                let (sender, receiver) = mpsc::unbounded_channel();
+                let first = {
+                    let mut watchers = hub.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+                    let senders = watchers.entry(channel.clone().into_bytes()).or_default();
+                    senders.retain(|sender| !sender.is_closed());
+                    senders.push(sender);
+                    senders.len() == 1
+                };
+                if first {
+                    let mut conn = hub.conn.clone();
+                    if let Err(err) = conn.ssubscribe(&channel).await {
+                        forget(&hub, &channel);
+                        return Err(RedisFailure::general(err).into());
+                    }
+                }
+                Ok(SignalReceiver::new(Box::new(ClusterSubscription {
+                    receiver,
+                    channel,
+                    hub,
+                })))
+            }
+        }
+    }
+}
+
+/// Drops the closed watchers of `channel`, and the channel when none is
+/// left; returns whether none is left.
+fn forget(hub: &Hub, channel: &str) -> bool {
+    let mut watchers = hub.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(senders) = watchers.get_mut(channel.as_bytes()) else {
+        return false;
+    };
+    senders.retain(|sender| !sender.is_closed());
+    if senders.is_empty() {
+        watchers.remove(channel.as_bytes());
+        true
+    } else {
+        false
     }
 }
 
@@ -80,5 +189,54 @@ impl fmt::Debug for Subscription {
 impl SignalSource for Subscription {
     async fn next(&mut self) -> Option<()> {
         futures_util::StreamExt::next(&mut self.0).await.map(|_| ())
+    }
+}
+
+/// One watch of a channel on a cluster's shared subscriber. Dropping the
+/// last watch of a channel unsubscribes it.
+struct ClusterSubscription {
+    receiver: mpsc::UnboundedReceiver<()>,
+    channel: String,
+    hub: Arc<Hub>,
+}
+
+impl fmt::Debug for ClusterSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSubscription")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl SignalSource for ClusterSubscription {
+    async fn next(&mut self) -> Option<()> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for ClusterSubscription {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if forget(&self.hub, &self.channel)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let mut conn = self.hub.conn.clone();
+            let channel = std::mem::take(&mut self.channel);
+            let watchers = Arc::clone(&self.hub.watchers);
+            runtime.spawn(async move {
+                // A new watch may have come meanwhile.
+                let watched = watchers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(channel.as_bytes());
+                if watched {
+                    return;
+                }
+                if let Err(err) = conn.sunsubscribe(&channel).await {
+                    tracing::debug!(error = %err, channel, "unsubscribing a signal channel failed");
+                }
+            });
+        }
     }
 }

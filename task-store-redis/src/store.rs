@@ -17,15 +17,18 @@ use crate::RedisStoreOptions;
 use crate::codec::{HEAD_FIELDS, decode_message, encode_messages, parse_head, to_json};
 use crate::conn::{Connection, Invocation};
 use crate::error::missing_result;
-use crate::keys::{KeySpace, validate_prefix};
-use crate::reply::{WriteReply, corrupt_reason, int, items, opt_string, status, unexpected};
+use crate::keys::{KeySpace, MAX_SHARDS, validate_prefix};
+use crate::reply::{WriteReply, corrupt_reason, int, items, status, unexpected};
 use crate::scripts;
 use crate::signals::RedisSignals;
 use crate::url::StoreUrl;
 
-/// How often `save` re-runs its script when a concurrent `save` moved the
-/// thread to another kind or parent between its attempts.
-const MAX_SAVE_ATTEMPTS: usize = 8;
+/// The key layout this crate reads and writes, recorded in `P:layout`.
+const LAYOUT: u32 = 2;
+
+/// The shards of a new store when neither the options nor the URL say.
+const SINGLE_SHARDS: usize = 1;
+const CLUSTER_SHARDS: usize = 16;
 
 /// The thread storage contract on Redis or Valkey. See the [crate docs](crate)
 /// for the key layout, the scripts and production notes.
@@ -88,19 +91,30 @@ impl RedisStore {
     /// server refuses the credentials (or the ACL user may not load scripts);
     /// `Unavailable`/`Timeout` when the server cannot be reached.
     pub async fn connect_with(url: &str, mut options: RedisStoreOptions) -> Result<Self> {
-        let StoreUrl {
-            url,
-            target,
-            prefix,
-            retention,
-        } = StoreUrl::parse(url)?;
-        if let Some(prefix) = prefix {
-            options.prefix = prefix;
+        let parsed = StoreUrl::parse(url)?;
+        if let Some(prefix) = &parsed.prefix {
+            options.prefix = prefix.clone();
         }
-        if let Some(retention) = retention {
+        if let Some(retention) = parsed.retention {
             options.retention = Some(retention);
         }
+        if let Some(shards) = parsed.shards {
+            options.shards = Some(shards);
+        }
+        if let Some(wait) = parsed.wait {
+            options.wait_for_replicas = wait;
+        }
+        if let Some(timeout) = parsed.wait_timeout {
+            options.wait_timeout = timeout;
+        }
         validate_prefix(&options.prefix)?;
+        if let Some(shards) = options.shards
+            && !(1..=MAX_SHARDS).contains(&shards)
+        {
+            return Err(ThreadStoreError::invalid_input(format!(
+                "a Redis store has 1 to {MAX_SHARDS} shards, not {shards}"
+            )));
+        }
         #[cfg(feature = "tls")]
         {
             // rustls needs one process-wide crypto provider; another part of
@@ -108,7 +122,9 @@ impl RedisStore {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
 
-        let conn = Connection::open(&url, &target, &options).await?;
+        let conn = Connection::open(&parsed, &options).await?;
+        let shards = layout(&conn, &options, &parsed.target).await?;
+        let keys = KeySpace::new(options.prefix.clone(), shards);
         let retention_ms = options
             .retention
             // At least 1 ms; at most 2^52 ms, which Lua's numbers hold exactly.
@@ -121,13 +137,14 @@ impl RedisStore {
         let store = Self {
             inner: Arc::new(Inner {
                 signals: RedisSignals {
-                    client: conn.client.clone(),
-                    conn: conn.manager.clone(),
-                    prefix: options.prefix.clone(),
+                    link: conn.link.clone(),
+                    subscriber: conn.subscriber.clone(),
+                    keys: keys.clone(),
+                    hub: Arc::default(),
                 },
                 conn,
-                keys: KeySpace::new(options.prefix.clone()),
-                target,
+                keys,
+                target: parsed.target,
                 options,
                 retention_ms,
             }),
@@ -141,6 +158,17 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// How many shards this store spreads its threads over (recorded in
+    /// the store when it was first opened).
+    pub fn shards(&self) -> usize {
+        self.inner.keys.shards()
+    }
+
+    /// Whether this store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conn.is_cluster()
+    }
+
     /// The key prefix of this store.
     pub fn prefix(&self) -> &str {
         self.inner.keys.prefix()
@@ -151,35 +179,13 @@ impl RedisStore {
         &self.inner.options
     }
 
-    /// The invocation of the save script, assuming the stored thread (if
-    /// any) has kind `old.0` and parent `old.1`; and how many of its
+    /// The invocation of the save script, and how many of the thread's
     /// messages were left out as repeats within the write.
-    fn save_invocation(
-        &self,
-        thread: &Thread,
-        old: (&str, Option<&str>),
-    ) -> Result<(Invocation, u64)> {
+    fn save_invocation(&self, thread: &Thread) -> Result<(Invocation, u64)> {
         let keys = &self.inner.keys;
-        let thread_keys = keys.thread(&thread.id);
-        let mut invocation = Invocation::new(&scripts::SAVE)
-            .key(thread_keys.head)
-            .key(thread_keys.log)
-            .key(thread_keys.mids);
-        for key in keys.shared() {
-            invocation = invocation.key(key);
-        }
-        for key in keys.indexes_of(&thread.kind, thread.parent_id.as_deref()) {
-            invocation = invocation.key(key);
-        }
-        let (old_kind, old_parent) = old;
-        if !old_kind.is_empty() {
-            invocation = invocation.key(keys.idx_kind(old_kind));
-            if let Some(old_parent) = old_parent {
-                invocation = invocation
-                    .key(keys.idx_parent(old_parent))
-                    .key(keys.idx_parent_kind(old_parent, old_kind));
-            }
-        }
+        let mut invocation = Invocation::new(&scripts::SAVE);
+        invocation.keys.extend(keys.indexes(keys.shard(&thread.id)));
+        invocation.keys.push(keys.thread(&thread.id));
         let (messages, repeats) = encode_messages(&thread.id, &thread.messages)?;
         let mut invocation = invocation
             .arg(self.inner.retention_ms.to_string())
@@ -189,12 +195,89 @@ impl RedisStore {
             .arg(to_json(&thread.id, &thread.metadata)?)
             .arg(to_json(&thread.id, &thread.state)?)
             .arg(if thread.terminal { "1" } else { "0" })
-            .arg(old_kind)
-            .arg(old_parent.unwrap_or_default())
             .arg((messages.len() / 2).to_string());
         invocation.args.extend(messages);
         Ok((invocation, repeats))
     }
+}
+
+/// The layout of the store under the options' prefix: checks the recorded
+/// layout (recording layout 2 and the shard count for a new store) and
+/// returns the shard count.
+async fn layout(conn: &Connection, options: &RedisStoreOptions, target: &str) -> Result<usize> {
+    let keys = KeySpace::new(options.prefix.clone(), 1);
+    let layout_key = keys.layout();
+    let get = || {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&layout_key);
+        cmd
+    };
+    let mut recorded: Option<String> = conn.query(&get(), None).await?;
+    if recorded.is_none() {
+        for marker in keys.layout_one_markers() {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&marker);
+            let found: i64 = conn.query(&exists, None).await?;
+            if found > 0 {
+                return Err(ThreadStoreError::Unsupported {
+                    reason: format!(
+                        "the Redis store under the prefix {prefix:?} at {target} was written by \
+                         an earlier version of task-store-redis (key layout 1, found {marker}), \
+                         which this version cannot read: let its tasks finish with the earlier \
+                         version, then delete its keys (redis-cli --scan --pattern \
+                         '{prefix}:*' | xargs redis-cli unlink), or open this version under \
+                         another prefix",
+                        prefix = options.prefix,
+                    ),
+                });
+            }
+        }
+        let shards = options.shards.unwrap_or(if conn.is_cluster() {
+            CLUSTER_SHARDS
+        } else {
+            SINGLE_SHARDS
+        });
+        let mut set = redis::cmd("SET");
+        set.arg(&layout_key)
+            .arg(format!("layout={LAYOUT} shards={shards}"))
+            .arg("NX");
+        let _: Option<String> = conn.query(&set, None).await?;
+        // Another process may have recorded it first: its record counts.
+        recorded = conn.query(&get(), None).await?;
+    }
+    let recorded = recorded.unwrap_or_default();
+    let parsed = recorded.split_once(' ').and_then(|(layout, shards)| {
+        let layout = layout.strip_prefix("layout=")?.parse::<u32>().ok()?;
+        let shards = shards.strip_prefix("shards=")?.parse::<usize>().ok()?;
+        Some((layout, shards))
+    });
+    let Some((layout, shards)) = parsed.filter(|(_, shards)| (1..=MAX_SHARDS).contains(shards))
+    else {
+        return Err(ThreadStoreError::backend(format!(
+            "the layout record {layout_key} at {target} holds {recorded:?}, which this version \
+             of task-store-redis cannot read"
+        )));
+    };
+    if layout != LAYOUT {
+        return Err(ThreadStoreError::Unsupported {
+            reason: format!(
+                "the Redis store under the prefix {:?} at {target} has key layout {layout}; this \
+                 version of task-store-redis reads layout {LAYOUT} only",
+                options.prefix
+            ),
+        });
+    }
+    if let Some(wanted) = options.shards
+        && wanted != shards
+    {
+        return Err(ThreadStoreError::invalid_input(format!(
+            "the Redis store under the prefix {:?} at {target} has {shards} shards, recorded \
+             when it was created; it was opened asking for {wanted}. Leave `shards` out to take \
+             the recorded count (a store's shard count cannot change)",
+            options.prefix
+        )));
+    }
+    Ok(shards)
 }
 
 #[async_trait]
@@ -202,7 +285,7 @@ impl ThreadReader for RedisStore {
     async fn load(&self, id: &str) -> Result<Option<ThreadHead>> {
         validate_id("thread id", id)?;
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.inner.keys.head(id)).arg(&HEAD_FIELDS[..]);
+        cmd.arg(self.inner.keys.thread(id)).arg(&HEAD_FIELDS[..]);
         let values: Vec<Option<Vec<u8>>> = self.inner.conn.query(&cmd, Some(id)).await?;
         parse_head(id, values)
     }
@@ -210,10 +293,8 @@ impl ThreadReader for RedisStore {
     async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {
         validate_id("thread id", id)?;
         let limit = effective_limit(query.limit);
-        let keys = self.inner.keys.thread(id);
         let invocation = Invocation::new(&scripts::READ_LOG)
-            .key(keys.head)
-            .key(keys.log)
+            .key(self.inner.keys.thread(id))
             .arg(query.after.to_string())
             .arg(limit.to_string());
         let reply = self.inner.conn.invoke(&invocation, Some(id)).await?;
@@ -293,88 +374,36 @@ impl ThreadWriter for RedisStore {
         self.append_many(&requests).await
     }
 
-    /// The save script, re-run when a concurrent write moved the thread to
-    /// another kind or parent than the one assumed.
+    /// The save script: the thread and its index entries in one script.
     async fn save(&self, thread: Thread) -> Result<Committed> {
         validate_thread(&thread)?;
-        let mut old_kind = thread.kind.clone();
-        let mut old_parent = thread.parent_id.clone();
-        for _ in 0..MAX_SAVE_ATTEMPTS {
-            let (invocation, repeats) =
-                self.save_invocation(&thread, (&old_kind, old_parent.as_deref()))?;
-            let reply = self
-                .inner
-                .conn
-                .invoke(&invocation, Some(&thread.id))
-                .await?;
-            match WriteReply::parse(&thread.id, reply)? {
-                WriteReply::Moved { kind, parent } => {
-                    old_kind = kind;
-                    old_parent = parent;
-                }
-                reply => {
-                    return reply.into_result(&thread.id, VersionPrecondition::Any).map(
-                        |mut committed| {
-                            committed.skipped += repeats;
-                            committed
-                        },
-                    );
-                }
-            }
-        }
-        Err(ThreadStoreError::backend(format!(
-            "thread '{}' kept moving between kinds or parents during save; \
-             gave up after {MAX_SAVE_ATTEMPTS} attempts",
-            thread.id
-        )))
+        let (invocation, repeats) = self.save_invocation(&thread)?;
+        let reply = self.inner.conn.write(&invocation).await?;
+        WriteReply::parse(&thread.id, reply)?
+            .into_result(&thread.id, VersionPrecondition::Any)
+            .map(|mut committed| {
+                committed.skipped += repeats;
+                committed
+            })
     }
 
     /// Redis pub/sub on `<prefix>:signal:<channel>`: a `PUBLISH` to signal,
-    /// a dedicated subscriber connection per watch.
+    /// a dedicated subscriber connection per watch; on a cluster, sharded
+    /// pub/sub on one shared subscriber connection.
     fn signals(&self) -> Option<&dyn ThreadSignals> {
         Some(&self.inner.signals)
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
         validate_id("thread id", id)?;
-        let keys = self.inner.keys.thread(id);
-        let invocation = Invocation::new(&scripts::DELETE)
-            .key(keys.head)
-            .key(keys.log)
-            .key(keys.mids)
-            .key(self.inner.keys.open_by_kind())
-            .key(self.inner.keys.open_by_parent())
-            .arg(id);
-        let reply = self.inner.conn.invoke(&invocation, Some(id)).await?;
-        let mut replies = items(id, reply)?.into_iter();
-        match status(id, replies.next())?.as_str() {
-            "missing" => Ok(()),
-            "deleted" => {
-                let kind = opt_string(id, replies.next())?;
-                let parent = opt_string(id, replies.next())?;
-                let ids = [id.to_owned()];
-                let index_keys = &self.inner.keys;
-                self.prune(&index_keys.idx_all(), None, None, &ids).await?;
-                if let Some(kind) = &kind {
-                    self.prune(&index_keys.idx_kind(kind), Some(kind), None, &ids)
-                        .await?;
-                }
-                if let Some(parent) = &parent {
-                    self.prune(&index_keys.idx_parent(parent), None, Some(parent), &ids)
-                        .await?;
-                    if let Some(kind) = &kind {
-                        self.prune(
-                            &index_keys.idx_parent_kind(parent, kind),
-                            Some(kind),
-                            Some(parent),
-                            &ids,
-                        )
-                        .await?;
-                    }
-                }
-                Ok(())
-            }
-            other => Err(unexpected(id, other)),
+        let keys = &self.inner.keys;
+        let mut invocation = Invocation::new(&scripts::DELETE).arg(id);
+        invocation.keys.extend(keys.indexes(keys.shard(id)));
+        invocation.keys.push(keys.thread(id));
+        match self.inner.conn.write(&invocation).await? {
+            Value::BulkString(status) if status == b"deleted" || status == b"missing" => Ok(()),
+            Value::SimpleString(status) if status == "deleted" || status == "missing" => Ok(()),
+            other => Err(unexpected(id, &format!("{other:?}"))),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Store URLs: the scheme, the store's own parameters (`prefix`,
-//! `retention`), the parameters passed on to `redis-rs`, and a printable
-//! form without the password. A parameter that is neither is refused, by
+//! Store URLs: the scheme (one server, or the seed nodes of a Redis
+//! Cluster), the store's own parameters (`prefix`, `retention`, `shards`,
+//! `wait`, `wait_timeout`), the parameters passed on to `redis-rs`, and a
+//! printable form without the password. A parameter that is neither is refused, by
 //! name, so that a typo (`?prefx=…`) never silently falls back to a
 //! default.
 
@@ -14,11 +15,24 @@ const REDIS_RS_PARAMS: &[&str] = &["protocol"];
 /// The parameters `redis-rs` reads from a `redis+unix://` URL.
 const REDIS_RS_UNIX_PARAMS: &[&str] = &["protocol", "db", "user", "pass"];
 
+/// The store's own parameters.
+const STORE_PARAMS: &[&str] = &["prefix", "retention", "shards", "wait", "wait_timeout"];
+
 /// A store URL, taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoreUrl {
-    /// The URL for `redis-rs`: the store's own parameters taken out.
+    /// The URL for `redis-rs`: the store's own parameters taken out. For a
+    /// cluster, the first seed node's.
     pub(crate) url: String,
+    /// For `redis+cluster://`: one `redis://` URL per seed node (with the
+    /// credentials), for `redis-rs`'s cluster client.
+    pub(crate) cluster: Option<Vec<String>>,
+    /// `?shards=N`.
+    pub(crate) shards: Option<usize>,
+    /// `?wait=N`: replicas that must acknowledge each write.
+    pub(crate) wait: Option<usize>,
+    /// `?wait_timeout=D`.
+    pub(crate) wait_timeout: Option<Duration>,
     /// The URL without its password, for messages.
     pub(crate) target: String,
     /// `?prefix=P`.
@@ -36,6 +50,11 @@ impl StoreUrl {
     /// unknown parameter (named) or a bad value; `Unsupported` for
     /// `rediss://` in a build without TLS (naming the feature to enable).
     pub(crate) fn parse(raw: &str) -> Result<Self> {
+        if let Some((scheme, rest)) = raw.split_once("://")
+            && let Some(node_scheme) = scheme.strip_suffix("+cluster")
+        {
+            return Self::parse_cluster(raw, node_scheme, rest);
+        }
         let mut url = url::Url::parse(raw).map_err(|err| {
             ThreadStoreError::invalid_input(format!("cannot parse the Redis URL: {err}"))
         })?;
@@ -56,18 +75,131 @@ impl StoreUrl {
             other => {
                 return Err(ThreadStoreError::invalid_input(format!(
                     "the Redis URL {target} has the scheme {other:?}; \
-                     expected redis://, rediss:// or redis+unix://"
+                     expected redis://, rediss://, redis+unix:// or redis+cluster://"
                 )));
             }
         };
-        let mut prefix = None;
-        let mut retention = None;
+        let mut params = Params::default();
+        let rest = params.take(url.query_pairs(), passed_on, &target)?;
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        Ok(params.into_url(url.to_string(), None, target))
+    }
+
+    /// `redis+cluster://[user][:password@]host:port[,host:port…][/][?params]`
+    /// (`rediss+cluster://` for TLS): the seed nodes, each becoming a
+    /// `redis://` (or `rediss://`) URL with the same credentials.
+    fn parse_cluster(raw: &str, node_scheme: &str, rest: &str) -> Result<Self> {
+        let (authority, query) = match rest.find(['/', '?']) {
+            Some(at) => {
+                let (authority, tail) = rest.split_at(at);
+                let tail = tail.strip_prefix('/').unwrap_or(tail);
+                match tail.strip_prefix('?') {
+                    Some(query) => (authority, query),
+                    None if tail.is_empty() => (authority, ""),
+                    None => {
+                        return Err(ThreadStoreError::invalid_input(format!(
+                            "the Redis Cluster URL {} has a path {tail:?}; a cluster has no \
+                             database number: write redis+cluster://host:port,host:port/?params",
+                            printable_cluster(raw)
+                        )));
+                    }
+                }
+            }
+            None => (rest, ""),
+        };
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let target = printable_cluster(raw);
+        match node_scheme {
+            "redis" => {}
+            "rediss" if cfg!(feature = "tls") => {}
+            "rediss" => {
+                return Err(ThreadStoreError::Unsupported {
+                    reason: format!(
+                        "{target} asks for TLS, which this build cannot do: enable the feature \
+                         `tls` of task-core (it enables task-store-redis/tls), or the feature \
+                         `tls` of task-store-redis if you use it directly"
+                    ),
+                });
+            }
+            other => {
+                return Err(ThreadStoreError::invalid_input(format!(
+                    "the Redis URL {target} has the scheme {other:?}+cluster; \
+                     expected redis+cluster:// or rediss+cluster://"
+                )));
+            }
+        }
+        let mut seeds = Vec::new();
+        for host in hosts.split(',') {
+            if host.is_empty() {
+                return Err(ThreadStoreError::invalid_input(format!(
+                    "the Redis Cluster URL {target} names an empty seed node; write \
+                     redis+cluster://host:port,host:port/ with at least one host:port"
+                )));
+            }
+            let seed = match userinfo {
+                Some(userinfo) => format!("{node_scheme}://{userinfo}@{host}/"),
+                None => format!("{node_scheme}://{host}/"),
+            };
+            let parsed = url::Url::parse(&seed).map_err(|err| {
+                ThreadStoreError::invalid_input(format!(
+                    "cannot parse the seed node {host:?} of the Redis Cluster URL {target}: {err}"
+                ))
+            })?;
+            if parsed.port().is_none() {
+                return Err(ThreadStoreError::invalid_input(format!(
+                    "the seed node {host:?} of the Redis Cluster URL {target} has no port; \
+                     write host:port (cluster nodes listen on ports of their own)"
+                )));
+            }
+            seeds.push(seed);
+        }
+        let mut params = Params::default();
+        params.take(url::form_urlencoded::parse(query.as_bytes()), &[], &target)?;
+        let first = seeds[0].clone();
+        Ok(params.into_url(first, Some(seeds), target))
+    }
+}
+
+/// The store's own parameters of a URL.
+#[derive(Default)]
+struct Params {
+    prefix: Option<String>,
+    retention: Option<Duration>,
+    shards: Option<usize>,
+    wait: Option<usize>,
+    wait_timeout: Option<Duration>,
+}
+
+impl Params {
+    /// Takes the store's parameters out of `pairs`; returns the ones
+    /// `redis-rs` reads (those in `passed_on`), and refuses any other by
+    /// name.
+    fn take<'a>(
+        &mut self,
+        pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+        passed_on: &[&str],
+        target: &str,
+    ) -> Result<Vec<(String, String)>> {
         let mut rest = Vec::new();
         let mut unknown = Vec::new();
-        for (key, value) in url.query_pairs() {
+        for (key, value) in pairs {
             match key.as_ref() {
-                "prefix" => prefix = Some(value.into_owned()),
-                "retention" => retention = Some(parse_retention(&value, &target)?),
+                "prefix" => self.prefix = Some(value.into_owned()),
+                "retention" => {
+                    self.retention = Some(parse_duration("retention", &value, target)?);
+                }
+                "shards" => self.shards = Some(parse_count("shards", &value, 1, 1024, target)?),
+                "wait" => self.wait = Some(parse_count("wait", &value, 0, 64, target)?),
+                "wait_timeout" => {
+                    self.wait_timeout = Some(parse_duration("wait_timeout", &value, target)?);
+                }
                 known if passed_on.contains(&known) => {
                     rest.push((key.into_owned(), value.into_owned()));
                 }
@@ -75,7 +207,7 @@ impl StoreUrl {
             }
         }
         if !unknown.is_empty() {
-            let mut known = vec!["prefix", "retention"];
+            let mut known = STORE_PARAMS.to_vec();
             known.extend_from_slice(passed_on);
             return Err(ThreadStoreError::invalid_input(format!(
                 "unknown parameter{} {} in the Redis URL {target}; the parameters are {}",
@@ -92,17 +224,54 @@ impl StoreUrl {
                     .join(", "),
             )));
         }
-        if rest.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(rest);
-        }
-        Ok(Self {
-            url: url.to_string(),
+        Ok(rest)
+    }
+
+    fn into_url(self, url: String, cluster: Option<Vec<String>>, target: String) -> StoreUrl {
+        StoreUrl {
+            url,
+            cluster,
             target,
-            prefix,
-            retention,
+            prefix: self.prefix,
+            retention: self.retention,
+            shards: self.shards,
+            wait: self.wait,
+            wait_timeout: self.wait_timeout,
+        }
+    }
+}
+
+/// A whole number between `min` and `max`.
+fn parse_count(name: &str, value: &str, min: usize, max: usize, target: &str) -> Result<usize> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            ThreadStoreError::invalid_input(format!(
+                "{name}={value:?} in the Redis URL {target} is not a whole number from {min} to {max}"
+            ))
         })
+}
+
+/// A cluster URL without its password, for messages.
+fn printable_cluster(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let hidden = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_owned()
+            };
+            format!("{scheme}://{hidden}@{hosts}{tail}")
+        }
+        None => raw.to_owned(),
     }
 }
 
@@ -116,12 +285,13 @@ fn printable(url: &url::Url) -> String {
     printable.to_string()
 }
 
-/// A retention: a positive whole number followed by a unit, `ms`, `s`,
-/// `m`, `h` or `d`; a bare number is seconds (`7d`, `12h`, `3600`).
-pub(crate) fn parse_retention(value: &str, target: &str) -> Result<Duration> {
+/// A duration (`retention`, `wait_timeout`): a positive whole number
+/// followed by a unit, `ms`, `s`, `m`, `h` or `d`; a bare number is seconds
+/// (`7d`, `12h`, `3600`).
+pub(crate) fn parse_duration(name: &str, value: &str, target: &str) -> Result<Duration> {
     let bad = |why: &str| {
         ThreadStoreError::invalid_input(format!(
-            "retention={value:?} in the Redis URL {target} {why}; write a positive whole \
+            "{name}={value:?} in the Redis URL {target} {why}; write a positive whole \
              number with a unit, ms, s, m, h or d (such as 7d, 12h or 90s; a bare number \
              is seconds)"
         ))
@@ -130,9 +300,7 @@ pub(crate) fn parse_retention(value: &str, target: &str) -> Result<Duration> {
     let (number, unit) = value.split_at(digits);
     let number: u64 = number.parse().map_err(|_| bad("has no number"))?;
     if number == 0 {
-        return Err(bad(
-            "is zero (leave the parameter out to keep finished threads)",
-        ));
+        return Err(bad("is zero (leave the parameter out for the default)"));
     }
     let millis_per_unit: u64 = match unit {
         "ms" => 1,
@@ -206,7 +374,10 @@ mod tests {
             ("12h", Duration::from_secs(12 * 3600)),
             ("7d", Duration::from_secs(7 * 86_400)),
         ] {
-            assert_eq!(parse_retention(text, "t").expect(text), expected);
+            assert_eq!(
+                parse_duration("retention", text, "t").expect(text),
+                expected
+            );
         }
         for bad in [
             "",
@@ -219,11 +390,72 @@ mod tests {
             "7 d",
             "99999999999999999999d",
         ] {
-            let err = parse_retention(bad, "t").expect_err(bad);
+            let err = parse_duration("retention", bad, "t").expect_err(bad);
             assert!(
                 matches!(err, ThreadStoreError::InvalidInput { .. }),
                 "{bad}: {err:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes_with_the_credentials() {
+        let parsed = StoreUrl::parse(
+            "redis+cluster://tasks:s3cret@10.0.0.1:7000,10.0.0.2:7001/?prefix=app&shards=32&wait=1&wait_timeout=500ms",
+        )
+        .expect("valid cluster URL");
+        assert_eq!(
+            parsed.cluster,
+            Some(vec![
+                "redis://tasks:s3cret@10.0.0.1:7000/".to_owned(),
+                "redis://tasks:s3cret@10.0.0.2:7001/".to_owned(),
+            ])
+        );
+        assert_eq!(parsed.prefix.as_deref(), Some("app"));
+        assert_eq!(parsed.shards, Some(32));
+        assert_eq!(parsed.wait, Some(1));
+        assert_eq!(parsed.wait_timeout, Some(Duration::from_millis(500)));
+        assert!(!parsed.target.contains("s3cret"), "{}", parsed.target);
+        assert!(
+            parsed
+                .target
+                .contains("tasks:***@10.0.0.1:7000,10.0.0.2:7001"),
+            "{}",
+            parsed.target
+        );
+
+        let bare = StoreUrl::parse("redis+cluster://127.0.0.1:7000").expect("one seed, no slash");
+        assert_eq!(
+            bare.cluster,
+            Some(vec!["redis://127.0.0.1:7000/".to_owned()])
+        );
+        assert_eq!(bare.shards, None);
+    }
+
+    #[test]
+    fn malformed_cluster_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("redis+cluster://:pw@h1:7000,,h2:7001/", "empty seed node"),
+            ("redis+cluster://:pw@h1:7000,h2/", "has no port"),
+            ("redis+cluster://h1:7000/2", "no database number"),
+            ("redis+cluster://h1:port/", "cannot parse the seed node"),
+            ("redis+cluster://h1:7000/?shards=0", "from 1 to 1024"),
+            ("redis+cluster://h1:7000/?shards=many", "from 1 to 1024"),
+            ("redis+cluster://h1:7000/?wait=-1", "from 0 to 64"),
+            (
+                "redis+cluster://h1:7000/?protocol=resp3",
+                "unknown parameter `protocol`",
+            ),
+            ("http+cluster://h1:7000/", "expected redis+cluster://"),
+        ] {
+            let err = StoreUrl::parse(url).expect_err(url);
+            let message = err.to_string();
+            assert!(
+                matches!(err, ThreadStoreError::InvalidInput { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(message.contains(says), "{url}: {message}");
+            assert!(!message.contains("pw@"), "no password in {message}");
         }
     }
 

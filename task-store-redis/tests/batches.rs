@@ -1,8 +1,14 @@
 //! The batch writes of the Redis backend: `create_batch` and `append_batch`
-//! write exactly what the single writes write (keys, TTLs, index entries,
-//! expiry set), for every shape of thread and append, with and without a
-//! retention; runs longer than one round trip keep their order; damaged keys
-//! refuse only their own thread. Split from `tests/redis_store.rs`.
+//! write exactly what the single writes write (the thread's key, its TTL,
+//! its index entries and expiry entry), for every shape of thread and
+//! append, with and without a retention; runs longer than one round trip
+//! keep their order; a damaged thread key refuses only its thread, a damaged
+//! sorted set only the threads of its shard. Split from
+//! `tests/redis_store.rs`.
+//!
+//! Size: about 740 lines, just over the house limit of about 700: each case
+//! compares the whole stored record (hash, TTL, index and expiry entries)
+//! of a batch write with that of the single write, which takes room.
 
 mod support;
 
@@ -15,18 +21,21 @@ use task_store::{
 };
 use task_store_redis::RedisStoreOptions;
 
-use support::{keys_under, purge, raw, shared_store, shared_store_with, shared_url};
+use support::{
+    keys_under, purge, raw, shard_key, shard_key_in, shard_of, shared_store, shared_store_with,
+    shared_url, thread_key, thread_key_in,
+};
 
 /// Everything Redis holds for one thread, with its id taken out, to compare
 /// what `create` and `create_batch` wrote for twins.
 #[derive(Debug, PartialEq)]
 struct Written {
-    head: Vec<(String, String)>,
-    log: Vec<(String, String)>,
-    mids: Vec<(String, String)>,
-    /// Per key (head, log, mids): -2 missing, -1 no TTL, 1 a TTL near the retention.
-    ttls: Vec<i64>,
-    /// The thread's score in idx:all, its kind's, its parent's and the parent+kind index.
+    /// The fields of the thread's key but `id`: head, messages, message ids.
+    fields: Vec<(String, String)>,
+    /// The key's TTL: -1 none, 1 a TTL near the retention (or another value).
+    ttl: i64,
+    /// The thread's scores in the shard's kind, parent, open:kind and
+    /// open:parent sets (the parent ones only for a thread with a parent).
     indexed: Vec<Option<f64>>,
     /// Its entry in the expiry set (expiry rounded to 10 s).
     expiring: Option<i64>,
@@ -39,63 +48,55 @@ async fn written(
     kind: &str,
     parent: Option<&str>,
 ) -> Written {
-    let hash = |key: &str| {
-        let mut conn = conn.clone();
-        let key = format!("{prefix}:{{{id}}}:{key}");
-        async move {
-            let mut pairs: Vec<(String, String)> = redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("HGETALL");
-            pairs.retain(|(field, _)| field != "id");
-            pairs.sort();
-            pairs
-        }
+    let key = thread_key(prefix, id);
+    let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .expect("HGETALL");
+    assert!(
+        fields.contains(&("id".to_owned(), id.to_owned())),
+        "{key}: {fields:?}"
+    );
+    fields.retain(|(field, _)| field != "id");
+    fields.sort();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .expect("PTTL");
+    let ttl = if ttl > 3_500_000 && ttl <= 3_600_000 {
+        1
+    } else {
+        ttl
     };
-    let (head, log, mids) = (hash("head").await, hash("log").await, hash("mids").await);
-    let mut ttls = Vec::new();
-    for key in ["head", "log", "mids"] {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(format!("{prefix}:{{{id}}}:{key}"))
-            .query_async(conn)
-            .await
-            .expect("PTTL");
-        ttls.push(if ttl > 3_500_000 && ttl <= 3_600_000 {
-            1
-        } else {
-            ttl
-        });
-    }
-    let mut indexes = vec![
-        format!("{prefix}:idx:all"),
-        format!("{prefix}:idx:kind:{kind}"),
-    ];
+    let mut entries = vec![("kind", format!("{kind}\0{id}"))];
     if let Some(parent) = parent {
-        indexes.push(format!("{prefix}:idx:parent:{parent}"));
-        indexes.push(format!("{prefix}:idx:pk:{parent}:{kind}"));
+        entries.push(("parent", format!("{parent}\0{kind}\0{id}")));
+    }
+    entries.push(("open:kind", format!("{kind}\0{id}")));
+    if let Some(parent) = parent {
+        entries.push(("open:parent", format!("{parent}\0{kind}\0{id}")));
     }
     let mut indexed = Vec::new();
-    for index in indexes {
+    for (set, member) in entries {
         let score: Option<f64> = redis::cmd("ZSCORE")
-            .arg(index)
-            .arg(id)
+            .arg(shard_key(prefix, set))
+            .arg(member)
             .query_async(conn)
             .await
             .expect("ZSCORE");
         indexed.push(score);
     }
     let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(format!("{prefix}:idx:expiring"))
+        .arg(shard_key(prefix, "expiring"))
         .arg(format!("{id}\n{kind}\n{}", parent.unwrap_or_default()))
         .query_async(conn)
         .await
         .expect("ZSCORE");
     Written {
-        head,
-        log,
-        mids,
-        ttls,
+        fields,
+        ttl,
         indexed,
         expiring: score.map(|s| (s / 10_000.0).round() as i64),
     }
@@ -146,7 +147,7 @@ async fn create_batch_writes_what_create_writes(test: &str, retention: Option<Du
                 thread.parent_id.unwrap_or_default()
             );
             let _: () = redis::cmd("ZADD")
-                .arg(format!("{prefix}:idx:expiring"))
+                .arg(shard_key(&prefix, "expiring"))
                 .arg(1)
                 .arg(entry)
                 .query_async(&mut conn)
@@ -192,41 +193,48 @@ async fn create_batch_writes_what_create_writes_without_a_retention() {
 }
 
 #[tokio::test]
-async fn create_batch_drops_keys_left_behind_under_a_fresh_id() {
-    let test = "create_batch_drops_keys_left_behind_under_a_fresh_id";
+async fn create_batch_starts_a_thread_created_again_from_an_empty_log() {
+    let test = "create_batch_starts_a_thread_created_again_from_an_empty_log";
     let Some(store) = shared_store(test).await else {
         return;
     };
     let url = shared_url(test);
     let mut conn = raw(&url).await;
     let prefix = store.prefix().to_owned();
-    // A log and message ids without a head (a crash of an older version, a
-    // head deleted by hand): the thread does not exist.
-    let _: () = redis::pipe()
-        .cmd("HSET")
-        .arg(format!("{prefix}:{{left}}:log"))
-        .arg("1")
-        .arg("{\"body\":\"stale\"}")
-        .arg("2")
-        .arg("{\"body\":\"stale\"}")
-        .ignore()
-        .cmd("HSET")
-        .arg(format!("{prefix}:{{left}}:mids"))
-        .arg("old")
-        .arg("2")
-        .ignore()
+    // An earlier life of "left", with a log and message ids, whose key then
+    // went (as on expiry); and a thread that stays, so that the batch below
+    // is not all fresh and each of its threads is checked on its own.
+    store
+        .create(
+            Thread::new("left", "task")
+                .with_message(NewMessage::with_id("old", json!("stale")))
+                .with_message(NewMessage::with_id("older", json!("stale"))),
+        )
+        .await
+        .expect("create the earlier life");
+    store
+        .create(Thread::new("taken", "task"))
+        .await
+        .expect("create");
+    let _: () = redis::cmd("DEL")
+        .arg(thread_key(&prefix, "left"))
         .query_async(&mut conn)
         .await
-        .expect("leave keys behind");
+        .expect("DEL");
     let results = store
         .create_batch(vec![
             Thread::new("fresh", "task").with_message(NewMessage::with_id("m", json!(0))),
+            Thread::new("taken", "task"),
             Thread::new("left", "task").with_message(NewMessage::with_id("m", json!(1))),
         ])
         .await;
-    for result in results {
-        assert_eq!(result.expect("created").last_seq, 1);
-    }
+    assert_eq!(results[0].as_ref().expect("fresh").last_seq, 1);
+    assert!(
+        matches!(&results[1], Err(ThreadStoreError::AlreadyExists { id }) if id == "taken"),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().expect("left").last_seq, 1);
     let messages = store.load_all_messages("left").await.expect("log");
     assert_eq!(messages.len(), 1, "only the new message: {messages:?}");
     assert_eq!(messages[0].body, json!(1));
@@ -241,7 +249,7 @@ async fn create_batch_drops_keys_left_behind_under_a_fresh_id() {
     assert_eq!(
         (committed.appended, committed.last_seq),
         (1, 2),
-        "the stale message id is forgotten"
+        "the earlier life's message id is forgotten"
     );
     purge(&url, &prefix).await;
 }
@@ -290,85 +298,120 @@ async fn create_batch_writes_a_thread_with_a_log_longer_than_lua_can_unpack() {
 #[tokio::test]
 async fn create_batch_refuses_only_the_threads_whose_keys_are_damaged() {
     let test = "create_batch_refuses_only_the_threads_whose_keys_are_damaged";
-    let Some(store) = shared_store(test).await else {
+    // Four shards, so that a damaged sorted set of one shard can be seen to
+    // refuse the threads of that shard only.
+    const SHARDS: usize = 4;
+    let options = RedisStoreOptions::default().with_shards(Some(SHARDS));
+    let Some(store) = shared_store_with(test, options).await else {
         return;
     };
+    assert_eq!(store.shards(), SHARDS);
     let url = shared_url(test);
     let mut conn = raw(&url).await;
     let prefix = store.prefix().to_owned();
+    // The first ids `{name}0`, `{name}1`, … of shard `shard`.
+    let in_shard = |name: &str, shard: usize, n: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("{name}{i}"))
+            .filter(|id| shard_of(id, SHARDS) == shard)
+            .take(n)
+            .collect()
+    };
+    let (damaged, clean) = (1, 2);
+    let bad_set = shard_key_in(&prefix, SHARDS, damaged, "parent");
     let _: () = redis::pipe()
         .cmd("SET")
-        .arg(format!("{prefix}:idx:parent:bad"))
+        .arg(&bad_set)
         .arg("not a sorted set")
         .ignore()
         .cmd("SET")
-        .arg(format!("{prefix}:{{garbage}}:head"))
+        .arg(thread_key_in(&prefix, SHARDS, "garbage"))
         .arg("not a hash")
         .ignore()
         .query_async(&mut conn)
         .await
         .expect("damage");
-    let thread = |id: &str, parent: &str| {
+    let thread = |id: &str| {
         Thread::new(id, "task")
-            .with_parent(parent)
+            .with_parent("p")
             .with_message(NewMessage::with_id("m", json!(id)))
     };
+    let good = in_shard("a", clean, 2);
+    let bad = in_shard("b", damaged, 1);
     let results = store
         .create_batch(vec![
-            thread("a", "good"),
-            thread("b", "bad"),
-            thread("garbage", "good"),
-            thread("c", "good"),
+            thread(&good[0]),
+            thread(&bad[0]),
+            thread("garbage"),
+            thread(&good[1]),
         ])
         .await;
-    assert_eq!(results[0].as_ref().expect("a").version, 1);
+    assert_eq!(results[0].as_ref().expect("good").version, 1);
     match &results[1] {
         Err(ThreadStoreError::Backend { message, .. }) => {
-            assert!(message.contains("idx:parent:bad"), "{message}");
+            assert!(message.contains(&bad_set), "{message}");
         }
-        other => panic!("b: expected Backend naming the index key, got {other:?}"),
+        other => panic!("bad: expected Backend naming the damaged set, got {other:?}"),
     }
     assert!(
         matches!(&results[2], Err(ThreadStoreError::AlreadyExists { id }) if id == "garbage"),
-        "a head of the wrong type is taken, as for create: {:?}",
+        "a thread key of the wrong type is taken, as for create: {:?}",
         results[2]
     );
-    assert_eq!(results[3].as_ref().expect("c").version, 1);
+    assert_eq!(results[3].as_ref().expect("good").version, 1);
     assert_eq!(
-        store.load("b").await.expect("load"),
+        store.load(&bad[0]).await.expect("load"),
         None,
-        "b was not written"
+        "the refused thread was not written"
     );
     let keys = keys_under(&url, &prefix).await;
     assert!(
-        !keys.iter().any(|key| key.contains("{b}")),
-        "no key of b: {keys:?}"
+        !keys.contains(&thread_key_in(&prefix, SHARDS, &bad[0])),
+        "no key of the refused thread: {keys:?}"
+    );
+    let damaged_tag = shard_key_in(&prefix, SHARDS, damaged, "");
+    assert_eq!(
+        keys.iter()
+            .filter(|key| key.starts_with(&damaged_tag))
+            .collect::<Vec<_>>(),
+        [&bad_set],
+        "nothing written in the damaged shard"
     );
     assert_eq!(
         store
-            .list_all_threads(ThreadQuery::by_parent("good"))
+            .list_all_threads(ThreadQuery::by_kind("task"))
             .await
             .expect("list"),
-        ["a", "c"]
+        good
     );
 
-    // An expiry set of the wrong type refuses every thread, as for create.
+    // An expiry set of the wrong type refuses the threads of its shard, as
+    // for create; those of the other shards are created.
+    let expiring = shard_key_in(&prefix, SHARDS, clean, "expiring");
     let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:idx:expiring"))
+        .arg(&expiring)
         .arg("not a sorted set")
         .query_async(&mut conn)
         .await
         .expect("damage the expiry set");
+    let refused = in_shard("d", clean, 2);
+    let created = in_shard("e", 3, 1);
     let results = store
-        .create_batch(vec![thread("d", "good"), thread("e", "other")])
+        .create_batch(vec![
+            thread(&refused[0]),
+            thread(&created[0]),
+            thread(&refused[1]),
+        ])
         .await;
-    for result in &results {
+    for k in [0, 2] {
         assert!(
-            matches!(result, Err(ThreadStoreError::Backend { .. })),
-            "{result:?}"
+            matches!(&results[k], Err(ThreadStoreError::Backend { message, .. }) if message.contains(&expiring)),
+            "{:?}",
+            results[k]
         );
     }
-    for id in ["d", "e"] {
+    assert_eq!(results[1].as_ref().expect("another shard").version, 1);
+    for id in &refused {
         assert_eq!(
             store.load(id).await.expect("load"),
             None,
@@ -506,7 +549,7 @@ fn append_shapes(id: &str) -> Vec<AppendShape> {
             ],
         ),
         // Created finished: an append that keeps the mark renews the
-        // retention (or copies the head's TTL, of which it has none).
+        // retention (without one, the key keeps the TTL it has: none).
         (
             finished,
             vec![(
@@ -551,11 +594,11 @@ async fn append_batch_writes_what_appends_write(test: &str, retention: Option<Du
     for (thread, _) in by_append.iter().chain(&by_batch) {
         store.create(thread.clone()).await.expect("create");
     }
-    // A head with a TTL set by hand and a log and mids without: finishing
-    // it without a retention gives them the head's TTL.
+    // A thread key with a TTL set by hand: finishing it without a retention
+    // keeps that TTL (a write to a hash keeps it).
     for id in [&by_append[0].0.id, &by_batch[0].0.id] {
         let _: () = redis::cmd("PEXPIRE")
-            .arg(format!("{prefix}:{{{id}}}:head"))
+            .arg(thread_key(&prefix, id))
             .arg(3_600_000)
             .query_async(&mut conn)
             .await

@@ -2,9 +2,10 @@
 //! wrong credentials and corrupt data. Each destructive test starts a private
 //! `redis-server` of its own (never `REDIS_URL`).
 //!
-//! Size: about 790 lines, over the house limit of about 700: each test starts
+//! Size: about 870 lines, over the house limit of about 700: each test starts
 //! and breaks its own server, and the helpers they share (a server that can be
-//! killed, paused and restarted on the same port) are local to this file.
+//! killed, paused and restarted on the same port) are local to this file; the
+//! two corruption tests damage each part of a thread's key in its own way.
 
 mod support;
 
@@ -18,7 +19,7 @@ use task_store::{
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::{AppendFsync, RedisServer, private_server_or_skip};
 
-use support::{fast_options, purge, raw, shared_store, shared_url};
+use support::{fast_options, members, purge, raw, shard_key, shared_store, shared_url, thread_key};
 
 /// Calls `op` until it succeeds, for at most `attempts` calls; every failure
 /// on the way must be retryable. Each failing call itself takes a bounded time
@@ -287,19 +288,42 @@ async fn an_acl_user_restricted_to_its_prefix_can_run_the_store() {
         vec!["t{1}"]
     );
     store.delete("t{1}").await.expect("delete");
+    assert_eq!(store.load("t{1}").await.expect("load"), None);
+    let mut conn = raw(&server.url()).await;
+    let layout: Option<String> = redis::cmd("GET")
+        .arg("app:layout")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(
+        layout.as_deref(),
+        Some("layout=2 shards=1"),
+        "the store recorded its layout under its prefix"
+    );
 
-    // The same user under another prefix is refused, as an authentication error.
+    // The same user under another prefix is refused at connect (reading the
+    // layout record there), as an authentication error.
     let other = format!(
         "redis://tasks:s3cret@127.0.0.1:{}/?prefix=other",
         server.port()
     );
-    let store = RedisStore::connect_with(&other, fast_options())
+    let err = RedisStore::connect_with(&other, fast_options())
         .await
-        .expect("connects; keys are checked per command");
-    let err = store.load("t").await.expect_err("outside the ACL pattern");
+        .expect_err("the layout record is outside the ACL pattern");
     assert!(
         matches!(err, ThreadStoreError::Authentication { .. }),
         "{err:?}"
+    );
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(!err.to_string().contains("s3cret"), "no secret in {err}");
+    let written: Vec<String> = redis::cmd("KEYS")
+        .arg("other:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(
+        written.is_empty(),
+        "nothing under the other prefix: {written:?}"
     );
 }
 
@@ -311,7 +335,15 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
     };
     let url = shared_url(test);
     let prefix = store.prefix().to_owned();
-    for id in ["garbage-head", "bad-json", "wrong-log", "fine"] {
+    let ids = [
+        "bad-json",
+        "bad-message",
+        "fine",
+        "garbage",
+        "lost-message",
+        "no-seq",
+    ];
+    for id in ids {
         store
             .create(
                 Thread::new(id, "task")
@@ -322,22 +354,29 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
             .expect("create");
     }
     let mut conn = raw(&url).await;
+    let key = |id: &str| thread_key(&prefix, id);
     let mut pipe = redis::pipe();
     pipe.cmd("SET")
-        .arg(format!("{prefix}:{{garbage-head}}:head"))
+        .arg(key("garbage"))
         .arg("\u{1}garbage")
         .ignore()
         .cmd("HSET")
-        .arg(format!("{prefix}:{{bad-json}}:head"))
+        .arg(key("bad-json"))
         .arg("state")
         .arg("{not json")
         .ignore()
-        .cmd("DEL")
-        .arg(format!("{prefix}:{{wrong-log}}:log"))
+        .cmd("HSET")
+        .arg(key("bad-message"))
+        .arg("m:1")
+        .arg("{not json")
         .ignore()
-        .cmd("LPUSH")
-        .arg(format!("{prefix}:{{wrong-log}}:log"))
-        .arg("x")
+        .cmd("HDEL")
+        .arg(key("lost-message"))
+        .arg("m:1")
+        .ignore()
+        .cmd("HDEL")
+        .arg(key("no-seq"))
+        .arg("seq")
         .ignore();
     let _: () = pipe.query_async(&mut conn).await.expect("damage");
 
@@ -345,68 +384,74 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         ThreadStoreError::Corrupt { id, .. } => id,
         other => panic!("expected Corrupt, got {other:?}"),
     };
-    assert_eq!(
-        corrupt_id(store.load("garbage-head").await.expect_err("garbage")),
-        "garbage-head"
-    );
-    assert_eq!(
-        corrupt_id(store.load("bad-json").await.expect_err("bad JSON")),
-        "bad-json"
-    );
-    assert_eq!(
-        corrupt_id(
-            store
-                .load_messages("wrong-log", MessageQuery::default())
-                .await
-                .expect_err("wrong type")
-        ),
-        "wrong-log"
-    );
-    assert_eq!(
-        corrupt_id(
-            store
-                .load_messages("garbage-head", MessageQuery::default())
-                .await
-                .expect_err("wrong type")
-        ),
-        "garbage-head"
-    );
+    for id in ["garbage", "bad-json", "no-seq"] {
+        let err = store.load(id).await.expect_err("corrupt head");
+        assert_eq!(corrupt_id(err), id);
+    }
+    for id in ["garbage", "bad-message", "lost-message", "no-seq"] {
+        let err = store
+            .load_messages(id, MessageQuery::default())
+            .await
+            .expect_err("corrupt log");
+        assert_eq!(corrupt_id(err), id);
+    }
+    let head = store.load("bad-message").await.expect("a sound head reads");
+    assert_eq!(head.expect("present").last_seq, 1);
 
     // Writes refuse without writing anything.
-    let changes = ChangeSet::state(json!(1)).with_message(NewMessage::with_id("x", json!(1)));
-    for id in ["garbage-head", "wrong-log"] {
+    let fields_conn = conn.clone();
+    let fields_of_no_seq = || {
+        let mut conn = fields_conn.clone();
+        let key = key("no-seq");
+        async move {
+            let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("HGETALL");
+            fields.sort();
+            fields
+        }
+    };
+    let before = fields_of_no_seq().await;
+    let changes = ChangeSet::state(json!(1))
+        .with_message(NewMessage::with_id("x", json!(1)))
+        .with_terminal(true);
+    for id in ["garbage", "no-seq"] {
         let err = store
             .append(id, changes.clone(), VersionPrecondition::Any)
             .await
             .expect_err("corrupt");
         assert_eq!(corrupt_id(err), id);
+        let err = store
+            .save(Thread::new(id, "job").with_parent("q"))
+            .await
+            .expect_err("corrupt");
+        assert_eq!(corrupt_id(err), id);
     }
-    let err = store
-        .save(Thread::new("garbage-head", "task"))
-        .await
-        .expect_err("corrupt");
-    assert_eq!(corrupt_id(err), "garbage-head");
-    let mids: i64 = redis::cmd("EXISTS")
-        .arg(format!("{prefix}:{{garbage-head}}:mids"))
+    let garbage: String = redis::cmd("GET")
+        .arg(key("garbage"))
         .query_async(&mut conn)
         .await
-        .expect("EXISTS");
-    assert_eq!(mids, 0, "nothing written before the corruption was seen");
-    let head_type: String = redis::cmd("TYPE")
-        .arg(format!("{prefix}:{{wrong-log}}:head"))
-        .query_async(&mut conn)
-        .await
-        .expect("TYPE");
-    assert_eq!(head_type, "hash");
-    let version: String = redis::cmd("HGET")
-        .arg(format!("{prefix}:{{wrong-log}}:head"))
-        .arg("v")
-        .query_async(&mut conn)
-        .await
-        .expect("HGET");
-    assert_eq!(version, "1", "the refused append left the version alone");
+        .expect("GET");
+    assert_eq!(garbage, "\u{1}garbage", "the corrupt key was left alone");
+    assert_eq!(
+        fields_of_no_seq().await,
+        before,
+        "the refused writes left the thread alone"
+    );
+    let all = ids.map(|id| format!("task\0{id}"));
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "kind")).await,
+        all,
+        "the refused writes left the indexes alone"
+    );
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "open:kind")).await,
+        all
+    );
 
-    // Everything else still works, and listing still lists all four.
+    // Everything else still works, and listing still lists all of them.
     let fine = store.load("fine").await.expect("load").expect("present");
     assert_eq!(fine.version, 1);
     assert_eq!(
@@ -421,19 +466,34 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         .append("fine", changes, VersionPrecondition::Exact(1))
         .await
         .expect("other threads are writable");
-    let mut listed = store
-        .list_all_threads(ThreadQuery::by_parent("p"))
-        .await
-        .expect("list");
-    listed.sort();
     assert_eq!(
-        listed,
-        vec!["bad-json", "fine", "garbage-head", "wrong-log"]
+        store
+            .list_all_threads(ThreadQuery::by_parent("p"))
+            .await
+            .expect("list"),
+        ids
     );
 
-    // A corrupt thread can still be deleted.
-    store.delete("garbage-head").await.expect("delete");
-    assert_eq!(store.load("garbage-head").await.expect("load"), None);
+    // A corrupt thread can still be deleted: a hash with its index entries,
+    // a key of another type alone (its entries are dropped by the listings
+    // that pass them).
+    store.delete("no-seq").await.expect("delete");
+    store.delete("garbage").await.expect("delete");
+    for id in ["no-seq", "garbage"] {
+        assert_eq!(store.load(id).await.expect("load"), None, "{id}");
+    }
+    assert!(
+        !members(&mut conn, &shard_key(&prefix, "kind"))
+            .await
+            .contains(&"task\0no-seq".to_owned())
+    );
+    assert_eq!(
+        store
+            .list_all_threads(ThreadQuery::by_parent("p"))
+            .await
+            .expect("list"),
+        ["bad-json", "bad-message", "fine", "lost-message"]
+    );
     purge(&url, &prefix).await;
 }
 
@@ -538,9 +598,9 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
     for id in [
         "ok",
         "stale",
-        "bad-head",
-        "bad-log",
-        "bad-mids",
+        "bad-key",
+        "bad-seq",
+        "headless",
         "no-version",
         "twice",
         "reopen",
@@ -552,31 +612,29 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
         store.create(thread).await.expect("create");
     }
     let mut conn = raw(&url).await;
-    let key = |id: &str, key: &str| format!("{prefix}:{{{id}}}:{key}");
+    let key = |id: &str| thread_key(&prefix, id);
+    // A thread key of another type, a sequence number that is no number, a
+    // key that holds a log and message ids but no head, a head without a
+    // version.
     let _: () = redis::pipe()
         .cmd("DEL")
-        .arg(key("bad-head", "head"))
+        .arg(key("bad-key"))
         .ignore()
         .cmd("SET")
-        .arg(key("bad-head", "head"))
+        .arg(key("bad-key"))
         .arg("garbage")
         .ignore()
-        .cmd("DEL")
-        .arg(key("bad-log", "log"))
-        .ignore()
-        .cmd("LPUSH")
-        .arg(key("bad-log", "log"))
-        .arg("x")
-        .ignore()
-        .cmd("DEL")
-        .arg(key("bad-mids", "mids"))
-        .ignore()
-        .cmd("SADD")
-        .arg(key("bad-mids", "mids"))
+        .cmd("HSET")
+        .arg(key("bad-seq"))
+        .arg("seq")
         .arg("x")
         .ignore()
         .cmd("HDEL")
-        .arg(key("no-version", "head"))
+        .arg(key("headless"))
+        .arg(&["v", "seq", "term", "state", "id", "kind", "meta", "parent"])
+        .ignore()
+        .cmd("HDEL")
+        .arg(key("no-version"))
         .arg("v")
         .ignore()
         .query_async(&mut conn)
@@ -599,12 +657,12 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
             request("ok", finish("m1"), exact(1)),
             request("stale", finish("m1"), exact(7)),
             request("missing", finish("m1"), VersionPrecondition::Any),
-            request("bad-head", finish("m1"), VersionPrecondition::Any),
+            request("bad-key", finish("m1"), VersionPrecondition::Any),
             request("", finish("m1"), VersionPrecondition::Any),
-            request("bad-log", finish("m1"), VersionPrecondition::Any),
+            request("bad-seq", finish("m1"), VersionPrecondition::Any),
             request("twice", ChangeSet::state(json!("one")), exact(1)),
             request(
-                "bad-mids",
+                "headless",
                 ChangeSet::state(json!(1)),
                 VersionPrecondition::Any,
             ),
@@ -623,14 +681,14 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
                 exact(1),
             ),
             request("twice", ChangeSet::state(json!("late")), exact(2)),
-            // The other way round: a log of the wrong type and no message,
-            // mids of the wrong type and a message with an id.
+            // The other way round: no message, and a message with an id
+            // already in the damaged key.
             request(
-                "bad-log",
+                "bad-seq",
                 ChangeSet::state(json!(1)),
                 VersionPrecondition::Any,
             ),
-            request("bad-mids", finish("m1"), VersionPrecondition::Any),
+            request("headless", finish("m0"), VersionPrecondition::Any),
         ])
         .await;
     assert_eq!(results.len(), 15);
@@ -660,15 +718,15 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
         "{:?}",
         results[2]
     );
-    corrupt(3, "bad-head");
+    corrupt(3, "bad-key");
     assert!(
         matches!(results[4], Err(ThreadStoreError::InvalidInput { .. })),
         "{:?}",
         results[4]
     );
-    corrupt(5, "bad-log");
+    corrupt(5, "bad-seq");
     assert_eq!(committed(6), (2, 1, 0, 0));
-    corrupt(7, "bad-mids");
+    corrupt(7, "headless");
     corrupt(8, "no-version");
     assert_eq!(
         committed(9),
@@ -694,14 +752,14 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
         results[12]
     );
 
-    corrupt(13, "bad-log");
-    corrupt(14, "bad-mids");
+    corrupt(13, "bad-seq");
+    corrupt(14, "headless");
 
     // What the refused items left alone, and what the others wrote.
     let ttl_conn = conn.clone();
-    let ttl = |id: &str, k: &str| {
+    let ttl = |id: &str| {
         let mut conn = ttl_conn.clone();
-        let key = key(id, k);
+        let key = key(id);
         async move {
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(key)
@@ -711,51 +769,68 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
             ttl
         }
     };
-    for id in ["stale", "bad-log", "bad-mids"] {
-        let version: String = redis::cmd("HGET")
-            .arg(key(id, "head"))
-            .arg("v")
+    for (id, version, seq) in [
+        ("stale", Some("1"), Some("1")),
+        ("bad-seq", Some("1"), Some("x")),
+        ("headless", None, None),
+        ("no-version", None, Some("1")),
+    ] {
+        let head: (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(key(id))
+            .arg(&["v", "seq", "m:2"])
             .query_async(&mut conn)
             .await
-            .expect("HGET");
-        assert_eq!(version, "1", "{id} left alone");
-        assert_eq!(ttl(id, "head").await, -1, "{id} left alone");
+            .expect("HMGET");
+        assert_eq!(
+            head,
+            (version.map(String::from), seq.map(String::from), None),
+            "{id} left alone"
+        );
+        assert_eq!(ttl(id).await, -1, "{id} left alone");
     }
-    let head_type: String = redis::cmd("TYPE")
-        .arg(key("bad-head", "head"))
+    let bad_key_type: String = redis::cmd("TYPE")
+        .arg(key("bad-key"))
         .query_async(&mut conn)
         .await
         .expect("TYPE");
-    assert_eq!(head_type, "string");
-    assert_eq!(ttl("bad-head", "mids").await, -1, "bad-head left alone");
+    assert_eq!(bad_key_type, "string");
+    assert_eq!(ttl("bad-key").await, -1, "bad-key left alone");
     let twice = store.load("twice").await.expect("load").expect("twice");
     assert_eq!(
         (twice.version, twice.state, twice.terminal),
         (3, json!("done"), true)
     );
-    for k in ["head", "log", "mids"] {
-        assert!(ttl("twice", k).await > 3_500_000, "twice's {k} expires");
-        assert!(ttl("ok", k).await > 3_500_000, "ok's {k} expires");
-        assert_eq!(ttl("reopen", k).await, -1, "reopen's {k} is kept");
-    }
-    let expiring: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{prefix}:idx:expiring"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("ZRANGE");
-    assert_eq!(expiring, ["ok\ntask\np", "twice\ntask\np"]);
+    assert!(ttl("twice").await > 3_500_000, "twice expires");
+    assert!(ttl("ok").await > 3_500_000, "ok expires");
+    assert_eq!(ttl("reopen").await, -1, "reopen is kept");
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "expiring")).await,
+        ["ok\ntask\np", "twice\ntask\np"]
+    );
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "open:kind")).await,
+        [
+            "bad-key",
+            "bad-seq",
+            "headless",
+            "no-version",
+            "reopen",
+            "stale"
+        ]
+        .map(|id| format!("task\0{id}")),
+        "the finished threads left the open index, the reopened one came back"
+    );
 
-    // An expiry set of the wrong type refuses every item, as for append,
-    // and nothing is written.
+    // An expiry set of the wrong type refuses every item of its shard, as
+    // for append, and nothing is written.
+    let expiring = shard_key(&prefix, "expiring");
     let _: () = redis::cmd("DEL")
-        .arg(format!("{prefix}:idx:expiring"))
+        .arg(&expiring)
         .query_async(&mut conn)
         .await
         .expect("DEL");
     let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}:idx:expiring"))
+        .arg(&expiring)
         .arg("not a sorted set")
         .query_async(&mut conn)
         .await
@@ -768,7 +843,7 @@ async fn append_batch_gives_each_item_the_outcome_of_its_own_append() {
         .await;
     for result in &results {
         assert!(
-            matches!(result, Err(ThreadStoreError::Backend { message, .. }) if message.contains("idx:expiring")),
+            matches!(result, Err(ThreadStoreError::Backend { message, .. }) if message.contains(&expiring)),
             "{result:?}"
         );
     }

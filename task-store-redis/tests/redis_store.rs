@@ -1,10 +1,11 @@
-//! Behaviours specific to the Redis backend: key layout, index maintenance,
-//! retention, URL handling (the batch writes: `tests/batches.rs`). The
-//! contract itself is checked by `tests/conformance.rs`.
+//! Behaviours specific to the Redis backend: index maintenance, retention,
+//! URL handling (the batch writes: `tests/batches.rs`; the key layout and
+//! shards: `tests/layout.rs`). The contract itself is checked by
+//! `tests/conformance.rs` and `tests/conformance_sharded.rs`.
 //!
-//! Size: about 760 lines, over the house limit of about 700: the index and
-//! retention tests share the raw-key helpers of this file; the batch tests
-//! were split off into `tests/batches.rs`.
+//! Size: about 740 lines, over the house limit of about 700: the index and
+//! retention tests look at the keys of layout 2 through the helpers of
+//! `tests/support`; the batch and layout tests were split off.
 
 mod support;
 
@@ -19,56 +20,10 @@ use task_store::{
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::unique_prefix;
 
-use support::{keys_under, purge, raw, shared_store, shared_store_with, shared_url};
-
-#[tokio::test]
-async fn ids_with_tag_and_glob_characters_stay_in_one_tag_under_the_prefix() {
-    let test = "ids_with_tag_and_glob_characters_stay_in_one_tag_under_the_prefix";
-    let Some(store) = shared_store(test).await else {
-        return;
-    };
-    let url = shared_url(test);
-    let id = "we}ird{*?[]\\%:id";
-    let parent = "own:er{1}";
-    store
-        .create(
-            Thread::new(id, "task")
-                .with_parent(parent)
-                .with_state(json!({"n": 1}))
-                .with_message(NewMessage::with_id("m{1}", json!("hello"))),
-        )
-        .await
-        .expect("create");
-
-    let head = store.load(id).await.expect("load").expect("present");
-    assert_eq!(head.id, id);
-    assert_eq!(head.parent_id.as_deref(), Some(parent));
-    assert_eq!((head.version, head.last_seq), (1, 1));
-
-    let prefix = store.prefix();
-    let keys = keys_under(&url, prefix).await;
-    let tag = "{we%7Dird%7B%2A%3F%5B%5D%5C%25%3Aid}";
-    assert_eq!(
-        keys,
-        vec![
-            format!("{prefix}:idx:all"),
-            format!("{prefix}:idx:kind:task"),
-            format!("{prefix}:idx:open:kind"),
-            format!("{prefix}:idx:open:parent"),
-            format!("{prefix}:idx:parent:own%3Aer%7B1%7D"),
-            format!("{prefix}:idx:pk:own%3Aer%7B1%7D:task"),
-            format!("{prefix}:{tag}:head"),
-            format!("{prefix}:{tag}:log"),
-            format!("{prefix}:{tag}:mids"),
-        ]
-    );
-    let listed = store
-        .list_all_threads(ThreadQuery::by_parent(parent))
-        .await
-        .expect("list");
-    assert_eq!(listed, vec![id.to_owned()]);
-    purge(&url, prefix).await;
-}
+use support::{
+    keys_under, members, purge, raw, shard_key, shared_store, shared_store_with, shared_url,
+    thread_key, wait_until_expired,
+};
 
 #[tokio::test]
 async fn the_url_prefix_parameter_sets_the_prefix() {
@@ -94,7 +49,7 @@ async fn the_url_prefix_parameter_sets_the_prefix() {
     assert!(
         keys_under(&url, &prefix)
             .await
-            .contains(&format!("{prefix}:{{t1}}:head"))
+            .contains(&thread_key(&prefix, "t1"))
     );
     purge(&url, &prefix).await;
 }
@@ -116,7 +71,7 @@ async fn the_url_retention_parameter_sets_the_retention() {
     store.create(finished).await.expect("create");
     let mut conn = raw(&url).await;
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{prefix}:{{t}}:head"))
+        .arg(thread_key(&prefix, "t"))
         .query_async(&mut conn)
         .await
         .expect("PTTL");
@@ -227,13 +182,11 @@ async fn listing_skips_and_drops_entries_of_threads_that_are_gone() {
             .await
             .expect("create");
     }
-    // What expiry does: the thread's keys vanish, its index entries stay.
+    // What expiry does: the thread's key vanishes, its index entries stay.
     let mut conn = raw(&url).await;
     for i in [0, 3, 4, 5, 9] {
-        let prefix = store.prefix();
         let _: () = redis::cmd("DEL")
-            .arg(format!("{prefix}:{{t{i:02}}}:head"))
-            .arg(format!("{prefix}:{{t{i:02}}}:log"))
+            .arg(thread_key(store.prefix(), &format!("t{i:02}")))
             .query_async(&mut conn)
             .await
             .expect("DEL");
@@ -264,62 +217,95 @@ async fn listing_skips_and_drops_entries_of_threads_that_are_gone() {
     assert_eq!(page.next, None);
 
     // The stale entries passed over were removed from the index.
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{}:idx:parent:p", store.prefix()))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .expect("ZRANGE");
-    assert_eq!(members, vec!["t01", "t02", "t06", "t07", "t08"]);
+    assert_eq!(
+        members(&mut conn, &shard_key(store.prefix(), "parent")).await,
+        ["t01", "t02", "t06", "t07", "t08"].map(|id| format!("p\0task\0{id}"))
+    );
     purge(&url, store.prefix()).await;
 }
 
 #[tokio::test]
 async fn a_recreated_thread_keeps_its_index_entry_and_loses_the_old_one() {
     let test = "a_recreated_thread_keeps_its_index_entry_and_loses_the_old_one";
-    let Some(store) = shared_store(test).await else {
+    let options = RedisStoreOptions::default()
+        .with_retention(Some(Duration::from_millis(1)))
+        .with_sweep_interval(None);
+    let Some(store) = shared_store_with(test, options).await else {
         return;
     };
     let url = shared_url(test);
-    store
-        .create(Thread::new("t", "task").with_parent("old"))
-        .await
-        .expect("create");
-    // Expired behind the index's back, then created again under another parent.
+    let mut finished = Thread::new("t", "task").with_parent("old");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+    // Expired (its index entries outlive it until swept), then created again
+    // under another kind and parent, before any sweep.
     let mut conn = raw(&url).await;
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{}:{{t}}:head", store.prefix()))
-        .query_async(&mut conn)
-        .await
-        .expect("DEL");
+    wait_until_expired(&mut conn, &thread_key(store.prefix(), "t")).await;
     store
-        .create(Thread::new("t", "task").with_parent("new"))
+        .create(Thread::new("t", "job").with_parent("new"))
         .await
         .expect("re-create");
+    let list = |query: ThreadQuery| {
+        let store = store.clone();
+        async move { store.list_all_threads(query).await.expect("list") }
+    };
     assert!(
-        store
-            .list_all_threads(ThreadQuery::by_parent("old"))
-            .await
-            .expect("list")
-            .is_empty(),
+        list(ThreadQuery::by_parent("old")).await.is_empty(),
         "the stale entry under the old parent is not listed"
     );
-    assert_eq!(
-        store
-            .list_all_threads(ThreadQuery::by_parent("new"))
-            .await
-            .expect("list"),
-        vec!["t"]
+    assert!(
+        list(ThreadQuery::by_kind("task")).await.is_empty(),
+        "the stale entry under the old kind is not listed"
     );
-    assert_eq!(
-        store
-            .list_all_threads(ThreadQuery::default())
-            .await
-            .expect("list"),
-        vec!["t"]
-    );
+    assert_eq!(list(ThreadQuery::by_parent("new")).await, vec!["t"]);
+    assert_eq!(list(ThreadQuery::by_kind("job")).await, vec!["t"]);
+    assert_eq!(list(ThreadQuery::default()).await, vec!["t"], "listed once");
     purge(&url, store.prefix()).await;
+}
+
+#[tokio::test]
+async fn sweeping_a_recreated_thread_drops_its_old_entries_and_keeps_its_new_ones() {
+    let test = "sweeping_a_recreated_thread_drops_its_old_entries_and_keeps_its_new_ones";
+    let options = RedisStoreOptions::default()
+        .with_retention(Some(Duration::from_millis(1)))
+        .with_sweep_interval(None);
+    let Some(store) = shared_store_with(test, options).await else {
+        return;
+    };
+    let url = shared_url(test);
+    let prefix = store.prefix().to_owned();
+    let mut finished = Thread::new("t", "task").with_parent("old");
+    finished.terminal = true;
+    store.create(finished).await.expect("create");
+    let mut conn = raw(&url).await;
+    wait_until_expired(&mut conn, &thread_key(&prefix, "t")).await;
+    store
+        .create(Thread::new("t", "job").with_parent("new"))
+        .await
+        .expect("re-create");
+
+    // The due entry's key lives (as another thread): nothing was swept.
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "kind")).await,
+        ["job\0t"]
+    );
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "parent")).await,
+        ["new\0job\0t"]
+    );
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "open:parent")).await,
+        ["new\0job\0t"]
+    );
+    assert!(
+        members(&mut conn, &shard_key(&prefix, "expiring"))
+            .await
+            .is_empty()
+    );
+    let head = store.load("t").await.expect("load").expect("recreated");
+    assert_eq!((head.kind.as_str(), head.version), ("job", 1));
+    purge(&url, &prefix).await;
 }
 
 #[tokio::test]
@@ -332,20 +318,21 @@ async fn retention_sets_a_ttl_on_finished_threads_and_clearing_the_mark_removes_
     let url = shared_url(test);
     let mut conn = raw(&url).await;
     let prefix = store.prefix().to_owned();
-    let ttls = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut pipe = redis::pipe();
-        for key in ["head", "log", "mids"] {
-            pipe.cmd("PTTL").arg(format!("{prefix}:{{t}}:{key}"));
-        }
+    let key = thread_key(&prefix, "t");
+    let expiring = shard_key(&prefix, "expiring");
+    let ttl = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&key);
         let mut conn = conn.clone();
-        async move { pipe.query_async::<Vec<i64>>(&mut conn).await.expect("PTTL") }
+        async move { cmd.query_async::<i64>(&mut conn).await.expect("PTTL") }
     };
 
     let created = store
         .create(Thread::new("t", "task").with_message(NewMessage::with_id("m1", json!(1))))
         .await
         .expect("create");
-    assert_eq!(ttls(&mut conn).await, vec![-1, -1, -1], "running: no TTL");
+    assert_eq!(ttl(&mut conn).await, -1, "running: no TTL");
+    assert!(members(&mut conn, &expiring).await.is_empty());
 
     let done = ChangeSet::state(json!({"status": "completed"}))
         .with_message(NewMessage::with_id("m2", json!(2)))
@@ -354,14 +341,29 @@ async fn retention_sets_a_ttl_on_finished_threads_and_clearing_the_mark_removes_
         .append("t", done, VersionPrecondition::Exact(created.version))
         .await
         .expect("finish");
-    let after_finish = ttls(&mut conn).await;
+    let after_finish = ttl(&mut conn).await;
     assert!(
-        after_finish
-            .iter()
-            .all(|&ttl| ttl > 3_500_000 && ttl <= 3_600_000),
-        "finished: every key expires after the retention: {after_finish:?}"
+        after_finish > 3_500_000 && after_finish <= 3_600_000,
+        "finished: the thread's key expires after the retention: {after_finish}"
     );
-    assert!(store.load("t").await.expect("load").expect("kept").terminal);
+    assert_eq!(members(&mut conn, &expiring).await, ["t\ntask\n"]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as f64;
+    let due: f64 = redis::cmd("ZSCORE")
+        .arg(&expiring)
+        .arg("t\ntask\n")
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    assert!(
+        (due - now_ms - 3_600_000.0).abs() < 60_000.0,
+        "the expiry set records when the key expires: {due} (now {now_ms})"
+    );
+    let head = store.load("t").await.expect("load").expect("kept");
+    assert!(head.terminal);
+    assert_eq!(store.load_all_messages("t").await.expect("log").len(), 2);
 
     store
         .append(
@@ -371,19 +373,12 @@ async fn retention_sets_a_ttl_on_finished_threads_and_clearing_the_mark_removes_
         )
         .await
         .expect("reopen");
-    assert_eq!(ttls(&mut conn).await, vec![-1, -1, -1], "reopened: no TTL");
+    assert_eq!(ttl(&mut conn).await, -1, "reopened: no TTL");
+    assert!(
+        members(&mut conn, &expiring).await.is_empty(),
+        "reopened: no longer expiring"
+    );
     purge(&url, &prefix).await;
-}
-
-/// The members of a sorted set, in order.
-async fn members(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
-    redis::cmd("ZRANGE")
-        .arg(key)
-        .arg(0)
-        .arg(-1)
-        .query_async(conn)
-        .await
-        .expect("ZRANGE")
 }
 
 #[tokio::test]
@@ -396,8 +391,8 @@ async fn the_open_index_holds_exactly_the_open_threads_through_every_write() {
     let mut conn = raw(&url).await;
     let prefix = store.prefix().to_owned();
     let (by_kind, by_parent) = (
-        format!("{prefix}:idx:open:kind"),
-        format!("{prefix}:idx:open:parent"),
+        shard_key(&prefix, "open:kind"),
+        shard_key(&prefix, "open:parent"),
     );
     let mut threads = Vec::new();
     for i in 0..6 {
@@ -469,26 +464,26 @@ async fn the_open_index_holds_exactly_the_open_threads_through_every_write() {
         )
         .await
         .expect("finish t1");
-    // Wait for the server to expire it (1 ms), by asking it.
-    let mut expired = false;
-    for _ in 0..10_000 {
-        if store.load("t1").await.expect("load").is_none() {
-            expired = true;
-            break;
-        }
-    }
-    assert!(expired, "the server expired the finished thread");
-    store.sweep_expired(100).await.expect("sweep");
-    for index in ["all", "kind:task", "parent:p", "pk:p:task"] {
-        let listed = members(&mut conn, &format!("{prefix}:idx:{index}")).await;
-        assert!(
-            !listed.iter().any(|m| m == "t1"),
-            "{index} still lists the expired thread: {listed:?}"
-        );
-    }
+    wait_until_expired(&mut conn, &thread_key(&prefix, "t1")).await;
+    assert_eq!(store.sweep_expired(100).await.expect("sweep"), 1);
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "kind")).await,
+        ["job\0lone", "task\0t0", "task\0t2", "task\0t3", "task\0t5"],
+        "every thread but the expired one and the deleted one"
+    );
+    assert_eq!(
+        members(&mut conn, &shard_key(&prefix, "parent")).await,
+        ["p\0task\0t0", "p\0task\0t3", "p\0task\0t5", "q\0task\0t2"]
+    );
     assert_eq!(
         members(&mut conn, &by_kind).await,
         ["job\0lone", "task\0t2"]
+    );
+    assert_eq!(members(&mut conn, &by_parent).await, ["q\0task\0t2"]);
+    assert!(
+        members(&mut conn, &shard_key(&prefix, "expiring"))
+            .await
+            .is_empty()
     );
     purge(&url, &prefix).await;
 }
@@ -505,11 +500,18 @@ async fn without_retention_finished_threads_are_kept() {
     store.create(thread).await.expect("create");
     let mut conn = raw(&url).await;
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{}:{{t}}:head", store.prefix()))
+        .arg(thread_key(store.prefix(), "t"))
         .query_async(&mut conn)
         .await
         .expect("PTTL");
-    assert_eq!(ttl, -1);
+    assert_eq!(ttl, -1, "the finished thread's key has no TTL");
+    assert!(
+        members(&mut conn, &shard_key(store.prefix(), "expiring"))
+            .await
+            .is_empty(),
+        "nothing is expiring"
+    );
+    assert!(store.load("t").await.expect("load").expect("kept").terminal);
     purge(&url, store.prefix()).await;
 }
 
@@ -677,40 +679,25 @@ async fn expired_threads_leave_every_index_when_swept() {
         .await
         .expect("create");
 
-    // Wait for the server to expire the finished thread (1 ms), by asking it.
     let mut conn = raw(&url).await;
-    let head = format!("{prefix}:{{gone}}:head");
-    let mut expired = false;
-    for _ in 0..10_000 {
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(&head)
-            .query_async(&mut conn)
-            .await
-            .expect("EXISTS");
-        if exists == 0 {
-            expired = true;
-            break;
-        }
-    }
-    assert!(expired, "the server expired the finished thread");
+    let expiring = shard_key(&prefix, "expiring");
+    assert_eq!(members(&mut conn, &expiring).await, ["gone\ntask\np"]);
+    wait_until_expired(&mut conn, &thread_key(&prefix, "gone")).await;
 
     assert_eq!(store.sweep_expired(100).await.expect("sweep"), 1);
-    for index in ["all", "kind:task", "parent:p", "pk:p:task"] {
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(format!("{prefix}:idx:{index}"))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .expect("ZRANGE");
-        assert_eq!(members, vec!["kept"], "{index}");
+    for (set, kept) in [
+        ("kind", "task\0kept"),
+        ("parent", "p\0task\0kept"),
+        ("open:kind", "task\0kept"),
+        ("open:parent", "p\0task\0kept"),
+    ] {
+        assert_eq!(
+            members(&mut conn, &shard_key(&prefix, set)).await,
+            [kept],
+            "{set}"
+        );
     }
-    let left: u64 = redis::cmd("ZCARD")
-        .arg(format!("{prefix}:idx:expiring"))
-        .query_async(&mut conn)
-        .await
-        .expect("ZCARD");
-    assert_eq!(left, 0);
+    assert!(members(&mut conn, &expiring).await.is_empty());
     assert_eq!(store.sweep_expired(100).await.expect("sweep"), 0);
     purge(&url, &prefix).await;
 }
@@ -729,22 +716,25 @@ async fn the_background_sweeper_cleans_indexes_by_itself() {
     let mut finished = Thread::new("gone", "task").with_parent("p");
     finished.terminal = true;
     store.create(finished).await.expect("create");
+    store
+        .create(Thread::new("kept", "task").with_parent("p"))
+        .await
+        .expect("create");
 
-    // Poll the server (bounded) until the sweeper has emptied the index.
+    // Poll the server (bounded) until the sweeper has cleaned the indexes.
     let mut conn = raw(&url).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let members: u64 = redis::cmd("ZCARD")
-            .arg(format!("{prefix}:idx:parent:p"))
-            .query_async(&mut conn)
-            .await
-            .expect("ZCARD");
-        if members == 0 {
+        let (parent, expiring) = (
+            members(&mut conn, &shard_key(&prefix, "parent")).await,
+            members(&mut conn, &shard_key(&prefix, "expiring")).await,
+        );
+        if parent == ["p\0task\0kept"] && expiring.is_empty() {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the sweeper did not clean the index within 10 s"
+            "the sweeper did not clean the indexes within 10 s: {parent:?}, {expiring:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

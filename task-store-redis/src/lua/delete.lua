@@ -1,23 +1,20 @@
--- Deletes one thread's keys and its entries in the open index (its other
--- index entries are pruned by the caller, conditionally). Open-index keys
--- of the wrong type are left alone: the thread is deleted all the same.
+-- Deletes one thread: its key and its entries in the shard's sorted sets,
+-- in one script. Sorted sets of the wrong type are left alone: the thread
+-- is deleted all the same.
 --
--- KEYS: head, log, mids, the open-by-kind and the open-by-parent index.
--- ARGV: 1 the thread id. Returns {'deleted', kind, parent} (empty strings
--- when unknown), or {'missing'}.
+-- KEYS: 1..5 the shard's sorted sets (see the prelude); 6 the thread key.
+-- ARGV: 1 the thread id. Returns 'deleted' or 'missing'.
 
-local head = KEYS[1]
-local head_type = key_type(head)
-local kind, parent = '', ''
-if head_type == 'hash' then
-  local cur = redis.call('HMGET', head, 'kind', 'parent')
-  kind = cur[1] or ''
-  parent = cur[2] or ''
-  if not not_zset(KEYS[4]) and not not_zset(KEYS[5]) then
-    note_open(KEYS[4], KEYS[5], kind, parent, ARGV[1], false)
-    flush_notes('', 0)
-  end
+local key = KEYS[6]
+local t = key_type(key)
+if t == 'none' then return 'missing' end
+if t == 'hash' and not bad_index() then
+  local cur = redis.call('HMGET', key, 'kind', 'parent')
+  local kind, parent = cur[1] or '', cur[2] or ''
+  note_listed(kind, parent, ARGV[1], false)
+  note_open(kind, parent, ARGV[1], false)
+  note(EXPIRING, expiry_entry(ARGV[1], kind, parent), false)
+  flush_notes(0)
 end
-local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-if head_type == 'none' and removed == 0 then return {'missing'} end
-return {'deleted', kind, parent}
+redis.call('DEL', key)
+return 'deleted'

@@ -1,4 +1,7 @@
-//! Shared helpers of the Redis integration tests.
+//! Shared helpers of the Redis integration tests, including the key names of
+//! layout 2 (see the crate docs, "Key layout"), written again here rather
+//! than taken from the crate, so that a change to the layout fails the tests
+//! that look at keys.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -86,4 +89,114 @@ pub async fn keys_under(url: &str, prefix: &str) -> Vec<String> {
         .expect("KEYS");
     keys.sort();
     keys
+}
+
+/// The five sorted sets of each shard, by name.
+pub const SHARD_SETS: [&str; 5] = ["kind", "parent", "open:kind", "open:parent", "expiring"];
+
+/// An id as key names hold it: `%{}*?[]\:` percent-encoded as `%XX`, every
+/// other character kept.
+pub fn encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        if "%{}*?[]\\:".contains(c) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The key of thread `id` in a store of one shard: `P:{0.0}:t:E(id)`.
+pub fn thread_key(prefix: &str, id: &str) -> String {
+    thread_key_in(prefix, 1, id)
+}
+
+/// One of the sorted sets ([`SHARD_SETS`]) of a store of one shard:
+/// `P:{0.0}:name`.
+pub fn shard_key(prefix: &str, name: &str) -> String {
+    shard_key_in(prefix, 1, 0, name)
+}
+
+/// The key of thread `id` in a store of `shards` shards:
+/// `P:{tag of its shard}:t:E(id)`.
+pub fn thread_key_in(prefix: &str, shards: usize, id: &str) -> String {
+    let tag = shard_tag(shard_of(id, shards), shards);
+    format!("{prefix}:{{{tag}}}:t:{}", encode(id))
+}
+
+/// One of the sorted sets ([`SHARD_SETS`]) of shard `shard` of a store of
+/// `shards` shards: `P:{tag}:name`.
+pub fn shard_key_in(prefix: &str, shards: usize, shard: usize, name: &str) -> String {
+    format!("{prefix}:{{{}}}:{name}", shard_tag(shard, shards))
+}
+
+/// The shard of thread `id` among `shards`: FNV-1a (64 bits) of its bytes,
+/// modulo the shard count.
+pub fn shard_of(id: &str, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in id.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// The hash tag of shard `shard` of `shards`: the first `shard.j` whose
+/// hash slot lies in the `shard`-th of `shards` equal parts of the 16384
+/// slots.
+pub fn shard_tag(shard: usize, shards: usize) -> String {
+    let (lo, hi) = (shard * 16384 / shards, (shard + 1) * 16384 / shards);
+    (0..)
+        .map(|j| format!("{shard}.{j}"))
+        .find(|tag| (lo..hi).contains(&usize::from(hash_slot(tag.as_bytes()))))
+        .expect("some tag lands in every part")
+}
+
+/// The Redis Cluster hash slot of a hash tag: CRC16 (XMODEM) modulo 16384.
+pub fn hash_slot(tag: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// The members of a sorted set, in order (none for a missing key).
+pub async fn members(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .expect("ZRANGE")
+}
+
+/// Waits until the server has expired `key` (its TTL is a few ms), asking
+/// it with `EXISTS`, which expires a key that is due; fails after 10 s.
+pub async fn wait_until_expired(conn: &mut redis::aio::MultiplexedConnection, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .expect("EXISTS");
+        if exists == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not expire {key} within 10 s"
+        );
+    }
 }
