@@ -86,8 +86,9 @@
 //! - `memory` (default): re-exports `MemoryStore`; [`store::open`] accepts
 //!   `memory://` with or without it.
 //! - `redis`: re-exports `RedisStore` and lets [`store::open`] accept
-//!   `redis://` URLs (one node, or a primary with replicas; Redis Cluster is
-//!   not supported yet); with `tls` also `rediss://`.
+//!   `redis://` URLs (one node, or a primary with replicas) and
+//!   `redis+cluster://host:port,host:port/` (a Redis Cluster); with `tls`
+//!   also `rediss://` and `rediss+cluster://`.
 //! - `postgres`: re-exports `PostgresStore` and lets [`store::open`] accept
 //!   `postgres://` and `postgresql://` URLs.
 

@@ -13,6 +13,7 @@
 //!   resets, cuts, dropped replies), seeded like `FlakyStore`.
 //! - [`redis_server`]: a private `redis-server` on a free loopback port, that
 //!   tests can kill and restart.
+//! - [`redis_cluster`]: a private Redis Cluster of them: failover, slot moves.
 //! - [`postgres_server`]: a private PostgreSQL cluster (`initdb`, `postgres`)
 //!   on a free loopback port, that tests can stop hard, restart and inspect.
 
@@ -21,6 +22,7 @@ pub mod conformance;
 mod flaky;
 pub mod postgres_server;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 mod watchdog;
 
