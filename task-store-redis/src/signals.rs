@@ -33,7 +33,7 @@ pub(crate) struct RedisSignals {
     pub(crate) subscriber: Subscriber,
     pub(crate) keys: KeySpace,
     /// The cluster's shared subscriber, made on the first watch.
-    pub(crate) hub: Arc<tokio::sync::Mutex<Option<Arc<Hub>>>>,
+    pub(crate) hub: Arc<tokio::sync::OnceCell<Arc<Hub>>>,
 }
 
 impl fmt::Debug for RedisSignals {
@@ -64,10 +64,17 @@ impl RedisSignals {
 
     /// The shared subscriber of a cluster, connecting it on first use.
     async fn hub(&self, seeds: &ClusterSeeds) -> Result<Arc<Hub>> {
-        let mut slot = self.hub.lock().await;
-        if let Some(hub) = slot.as_ref() {
-            return Ok(Arc::clone(hub));
-        }
+        self.hub
+            .get_or_try_init(|| Hub::connect(seeds))
+            .await
+            .map(Arc::clone)
+    }
+}
+
+impl Hub {
+    /// Connects a RESP3 cluster connection whose pushes go to the watchers
+    /// of their channel.
+    async fn connect(seeds: &ClusterSeeds) -> Result<Arc<Self>> {
         let watchers: Arc<Mutex<Watchers>> = Arc::default();
         let sink = Arc::clone(&watchers);
         let deliver = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
@@ -93,9 +100,7 @@ impl RedisSignals {
             .get_async_connection()
             .await
             .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
-        let hub = Arc::new(Hub { conn, watchers });
-        *slot = Some(Arc::clone(&hub));
-        Ok(hub)
+        Ok(Arc::new(Self { conn, watchers }))
     }
 }
 

@@ -64,13 +64,7 @@ impl StoreUrl {
             "redis+unix" | "unix" => REDIS_RS_UNIX_PARAMS,
             "rediss" if cfg!(feature = "tls") => REDIS_RS_PARAMS,
             "rediss" => {
-                return Err(ThreadStoreError::Unsupported {
-                    reason: format!(
-                        "{target} asks for TLS, which this build cannot do: enable the feature \
-                         `tls` of task-core (it enables task-store-redis/tls), or the feature \
-                         `tls` of task-store-redis if you use it directly"
-                    ),
-                });
+                return Err(tls_unsupported(&target));
             }
             other => {
                 return Err(ThreadStoreError::invalid_input(format!(
@@ -120,13 +114,7 @@ impl StoreUrl {
             "redis" => {}
             "rediss" if cfg!(feature = "tls") => {}
             "rediss" => {
-                return Err(ThreadStoreError::Unsupported {
-                    reason: format!(
-                        "{target} asks for TLS, which this build cannot do: enable the feature \
-                         `tls` of task-core (it enables task-store-redis/tls), or the feature \
-                         `tls` of task-store-redis if you use it directly"
-                    ),
-                });
+                return Err(tls_unsupported(&target));
             }
             other => {
                 return Err(ThreadStoreError::invalid_input(format!(
@@ -238,6 +226,17 @@ impl Params {
             wait: self.wait,
             wait_timeout: self.wait_timeout,
         }
+    }
+}
+
+/// The error for a TLS URL in a build without the `tls` feature.
+fn tls_unsupported(target: &str) -> ThreadStoreError {
+    ThreadStoreError::Unsupported {
+        reason: format!(
+            "{target} asks for TLS, which this build cannot do: enable the feature `tls` of \
+             task-core (it enables task-store-redis/tls), or the feature `tls` of \
+             task-store-redis if you use it directly"
+        ),
     }
 }
 

@@ -16,6 +16,10 @@ use task_store::{
 };
 use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_cluster::{RedisCluster, key_slot, private_cluster_or_skip};
+
+mod support;
+
+use support::{shard_of, shard_tag};
 use task_testkit::redis_server::unique_prefix;
 
 /// How long a test keeps retrying a write that fails with a retryable
@@ -39,24 +43,9 @@ fn options(prefix: &str) -> RedisStoreOptions {
         .with_reconnect_max_delay(Duration::from_millis(200))
 }
 
-/// The shard of a thread id among `shards` (layout 2: FNV-1a-64 of the id).
-fn shard_of(id: &str, shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in id.as_bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(hash % shards as u64).expect("below the shard count")
-}
-
-/// The hash slot of shard `i` of `shards` (layout 2: the first tag `i.j`
-/// whose slot lies in the `i`-th of `shards` equal parts of the slots).
+/// The hash slot of shard `i` of `shards`.
 fn shard_slot(i: usize, shards: usize) -> u16 {
-    let part = |slot: u16| usize::from(slot) * shards / 16384;
-    (0..)
-        .map(|j| key_slot(format!("{i}.{j}").as_bytes()))
-        .find(|&slot| part(slot) == i)
-        .expect("some tag falls in every part")
+    key_slot(shard_tag(i, shards).as_bytes())
 }
 
 /// Runs `write` until it succeeds or fails with an error that is not
@@ -351,11 +340,13 @@ async fn no_write_acknowledged_with_wait_is_lost_when_a_master_is_killed() {
     const TASKS: usize = 2000;
     const WRITERS: usize = 8;
     let finished = Arc::new(AtomicUsize::new(0));
+    let a_quarter = Arc::new(tokio::sync::Notify::new());
     let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
             let finished = Arc::clone(&finished);
+            let a_quarter = Arc::clone(&a_quarter);
             let acknowledged = Arc::clone(&acknowledged);
             tokio::spawn(async move {
                 for i in (w..TASKS).step_by(WRITERS) {
@@ -367,7 +358,10 @@ async fn no_write_acknowledged_with_wait_is_lost_when_a_master_is_killed() {
                     .await;
                     finish(&store, &id, i).await;
                     acknowledged.lock().expect("not poisoned").push(i);
-                    finished.fetch_add(1, Ordering::SeqCst);
+                    if finished.fetch_add(1, Ordering::SeqCst) + 1 == TASKS / 4 {
+                        // Stored as a permit if the test is not waiting yet.
+                        a_quarter.notify_one();
+                    }
                 }
             })
         })
@@ -376,14 +370,12 @@ async fn no_write_acknowledged_with_wait_is_lost_when_a_master_is_killed() {
     // Kill the master of shard 0 once a quarter of the tasks finished,
     // then bring the dead node back (as a replica of the promoted one, so
     // that `wait=1` can be met again).
+    tokio::time::timeout(RETRY_FOR, a_quarter.notified())
+        .await
+        .expect("the writers finish a quarter of the tasks");
     let killed = tokio::task::spawn_blocking({
         let finished = Arc::clone(&finished);
         move || {
-            let deadline = Instant::now() + RETRY_FOR;
-            while finished.load(Ordering::SeqCst) < TASKS / 4 {
-                assert!(Instant::now() < deadline, "the writers make no progress");
-                std::thread::sleep(Duration::from_millis(5));
-            }
             let victim = cluster
                 .master_of_slot(shard_slot(0, 16))
                 .expect("master of shard 0");

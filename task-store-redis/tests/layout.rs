@@ -16,8 +16,9 @@ use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::{shared_redis_url, unique_prefix};
 
 use support::{
-    SHARD_SETS, keys_under, members, purge, raw, shard_key, shard_key_in, shard_of, shard_tag,
-    shared_store, shared_store_with, shared_url, thread_key, thread_key_in, wait_until_expired,
+    SHARD_SETS, expiring_options, keys_under, members, purge, raw, shard_key, shard_key_in,
+    shard_of, shard_tag, shared_store, shared_store_with, shared_url, thread_key, thread_key_in,
+    wait_until_expired,
 };
 
 /// `url` with the query parameters `params` (`a=1&b=2`) added.
@@ -430,9 +431,7 @@ async fn a_save_moving_a_thread_moves_its_index_entries_within_its_shard() {
 #[tokio::test]
 async fn ids_with_special_characters_expire_and_are_swept_like_any_other() {
     let test = "ids_with_special_characters_expire_and_are_swept_like_any_other";
-    let short = RedisStoreOptions::default()
-        .with_retention(Some(Duration::from_millis(1)))
-        .with_sweep_interval(None);
+    let short = expiring_options();
     let Some(store) = shared_store_with(test, short).await else {
         return;
     };

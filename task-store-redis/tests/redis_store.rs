@@ -21,8 +21,8 @@ use task_store_redis::{RedisStore, RedisStoreOptions};
 use task_testkit::redis_server::unique_prefix;
 
 use support::{
-    keys_under, members, purge, raw, shard_key, shared_store, shared_store_with, shared_url,
-    thread_key, wait_until_expired,
+    expiring_options, keys_under, members, purge, raw, shard_key, shared_store, shared_store_with,
+    shared_url, thread_key, wait_until_expired,
 };
 
 #[tokio::test]
@@ -227,9 +227,7 @@ async fn listing_skips_and_drops_entries_of_threads_that_are_gone() {
 #[tokio::test]
 async fn a_recreated_thread_keeps_its_index_entry_and_loses_the_old_one() {
     let test = "a_recreated_thread_keeps_its_index_entry_and_loses_the_old_one";
-    let options = RedisStoreOptions::default()
-        .with_retention(Some(Duration::from_millis(1)))
-        .with_sweep_interval(None);
+    let options = expiring_options();
     let Some(store) = shared_store_with(test, options).await else {
         return;
     };
@@ -266,9 +264,7 @@ async fn a_recreated_thread_keeps_its_index_entry_and_loses_the_old_one() {
 #[tokio::test]
 async fn sweeping_a_recreated_thread_drops_its_old_entries_and_keeps_its_new_ones() {
     let test = "sweeping_a_recreated_thread_drops_its_old_entries_and_keeps_its_new_ones";
-    let options = RedisStoreOptions::default()
-        .with_retention(Some(Duration::from_millis(1)))
-        .with_sweep_interval(None);
+    let options = expiring_options();
     let Some(store) = shared_store_with(test, options).await else {
         return;
     };
@@ -663,9 +659,7 @@ async fn a_large_log_pages_through_in_order() {
 #[tokio::test]
 async fn expired_threads_leave_every_index_when_swept() {
     let test = "expired_threads_leave_every_index_when_swept";
-    let options = RedisStoreOptions::default()
-        .with_retention(Some(Duration::from_millis(1)))
-        .with_sweep_interval(None);
+    let options = expiring_options();
     let Some(store) = shared_store_with(test, options).await else {
         return;
     };
@@ -705,9 +699,7 @@ async fn expired_threads_leave_every_index_when_swept() {
 #[tokio::test]
 async fn the_background_sweeper_cleans_indexes_by_itself() {
     let test = "the_background_sweeper_cleans_indexes_by_itself";
-    let options = RedisStoreOptions::default()
-        .with_retention(Some(Duration::from_millis(1)))
-        .with_sweep_interval(Some(Duration::from_millis(20)));
+    let options = expiring_options().with_sweep_interval(Some(Duration::from_millis(20)));
     let Some(store) = shared_store_with(test, options).await else {
         return;
     };

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use task_store_redis::{RedisStore, RedisStoreOptions};
+use task_testkit::redis_cluster::key_slot;
 use task_testkit::redis_server::{shared_redis_url, unique_prefix};
 
 /// A store on the shared server (or `REDIS_URL`) under a fresh prefix, or
@@ -23,6 +24,14 @@ pub async fn shared_store_with(test: &str, options: RedisStoreOptions) -> Option
         .await
         .expect("connect to the test server");
     Some(store)
+}
+
+/// Options whose finished threads expire 1 ms after their last write, with
+/// no background sweeper: for the tests of expiry, listing and sweeping.
+pub fn expiring_options() -> RedisStoreOptions {
+    RedisStoreOptions::default()
+        .with_retention(Some(Duration::from_millis(1)))
+        .with_sweep_interval(None)
 }
 
 /// A plain connection to the server at `url`, to look at or damage keys
@@ -150,24 +159,8 @@ pub fn shard_tag(shard: usize, shards: usize) -> String {
     let (lo, hi) = (shard * 16384 / shards, (shard + 1) * 16384 / shards);
     (0..)
         .map(|j| format!("{shard}.{j}"))
-        .find(|tag| (lo..hi).contains(&usize::from(hash_slot(tag.as_bytes()))))
+        .find(|tag| (lo..hi).contains(&usize::from(key_slot(tag.as_bytes()))))
         .expect("some tag lands in every part")
-}
-
-/// The Redis Cluster hash slot of a hash tag: CRC16 (XMODEM) modulo 16384.
-pub fn hash_slot(tag: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in tag {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// The members of a sorted set, in order (none for a missing key).
