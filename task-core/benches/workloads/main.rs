@@ -64,11 +64,28 @@
 //!    20,000 tasks over 100 owners spawn-to-durable, as in 5, with a
 //!    `RedisStore` (default options) on a private `redis-server` started by
 //!    `task_testkit::redis_server` (no persistence, loopback). Baseline:
-//!    `redis-benchmark -t set -P 16 -d 512 -q -n 200000` against the same
-//!    server in the same run (its `SET` requests per second). The server
-//!    is emptied (`FLUSHALL`) between runs. Without `redis-server` or
-//!    `redis-benchmark` the workload is reported as skipped, loudly, with
-//!    no figure.
+//!    `redis-benchmark -t set -P 16 -d 512 -q -e -n 200000` against the
+//!    same server in the same run (its `SET` requests per second; with
+//!    `-e`, an error reply fails the run). The server is emptied
+//!    (`FLUSHALL`) between runs. Notes give, per run, the server's CPU
+//!    time and the commands per task with their server time (`INFO
+//!    commandstats`: every command called once every 20 tasks or more, or
+//!    taking 0.5 µs per task or more, and the total, an upper bound: Redis
+//!    counts a command a script runs both in the script's time and under
+//!    its own name), and this process's CPU time, over the measured part
+//!    (read before the untimed check). Without `redis-server`,
+//!    `redis-cli` or `redis-benchmark` the workload is reported as skipped,
+//!    loudly, with no figure.
+//!
+//!    `persist_redis_cluster` (same unit and target) is the same workload
+//!    on a private Redis Cluster of 3 masters with 1 replica each, started
+//!    by `task_testkit::redis_cluster` (asynchronous replication, no
+//!    persistence), the store on its `redis+cluster://` URL (default
+//!    options: 16 shards on a cluster). Baseline: `redis-benchmark
+//!    --cluster` with the same arguments against one master (one client
+//!    thread per master). Every master is emptied between runs; the notes
+//!    sum the CPU and the commands over the masters and give the replicas'
+//!    CPU apart.
 //! 7. `memory_per_task` (bytes per task; target < 1,024): resident memory
 //!    per terminal task kept in a manager without a store, in a fresh child
 //!    process of this binary (`--child-memory`), so nothing the other
@@ -100,10 +117,11 @@
 //!
 //! # Options
 //!
-//! `--quick` (3 runs, fewer batches, 5,000 tasks for `persist_redis` and
-//! `persist_postgres`), `--runs N`, `--only NAME[,NAME…]` (run some workloads;
-//! handy under a profiler), `--out PATH` (default
-//! `<workspace>/target/bench/results.json`, or `$CARGO_TARGET_DIR/bench/…`).
+//! `--quick` (3 runs, fewer batches, 5,000 tasks for `persist_redis`,
+//! `persist_redis_cluster` and `persist_postgres`), `--runs N`, `--only
+//! NAME[,NAME…]` (run some workloads; handy under a profiler), `--out PATH`
+//! (default `<workspace>/target/bench/results.json`, or
+//! `$CARGO_TARGET_DIR/bench/…`).
 
 mod durable;
 mod memory;
@@ -119,13 +137,14 @@ use std::time::Instant;
 use report::Measurement;
 
 /// The workloads, in the order they run and are reported.
-const WORKLOADS: [&str; 16] = [
+const WORKLOADS: [&str; 17] = [
     "spawn_complete",
     "list_owner_scaling",
     "has_running_scaling",
     "cancel_tree_scaling",
     "persist_memory",
     "persist_redis",
+    "persist_redis_cluster",
     "memory_per_task",
     "list_owner_small",
     "cancel_tree_small",
@@ -139,18 +158,18 @@ const WORKLOADS: [&str; 16] = [
 ];
 
 const HELP: &str = "\
-Usage: cargo xtask bench -- [--quick] [--runs N] [--only NAME[,NAME...]] [--out PATH]
+Usage: cargo xtask bench [--quick] [--runs N] [--only NAME[,NAME...]] [--out PATH]
 
 Runs the benchmark workloads of the task manager against their baselines,
 prints a table and writes a JSON list of results (default
 target/bench/results.json).
 
 Workloads: spawn_complete, list_owner_scaling, has_running_scaling,
-cancel_tree_scaling, persist_memory, persist_redis, memory_per_task,
-list_owner_small, cancel_tree_small, cancel_tree_store_scaling_memory,
-cancel_tree_store_scaling_redis, recover_scaling_memory, recover_scaling_redis,
-list_durable_scaling_memory, list_durable_scaling_redis,
-persist_postgres.
+cancel_tree_scaling, persist_memory, persist_redis, persist_redis_cluster,
+memory_per_task, list_owner_small, cancel_tree_small,
+cancel_tree_store_scaling_memory, cancel_tree_store_scaling_redis,
+recover_scaling_memory, recover_scaling_redis, list_durable_scaling_memory,
+list_durable_scaling_redis, persist_postgres.
 ";
 
 /// How much work each workload does.
@@ -176,7 +195,7 @@ pub(crate) struct Sizes {
     pub(crate) has_running_calls: usize,
     /// Trees cancelled per run (each in both managers).
     pub(crate) trees: usize,
-    /// Tasks of `persist_redis`.
+    /// Tasks of `persist_redis` and `persist_redis_cluster`.
     pub(crate) redis_tasks: usize,
     /// `SET` requests of its `redis-benchmark` baseline.
     pub(crate) redis_bench_requests: usize,
@@ -357,6 +376,7 @@ fn main() -> ExitCode {
             "cancel_tree_scaling" => workloads::cancel_tree_scaling(sizes),
             "persist_memory" => workloads::persist_memory(sizes),
             "persist_redis" => redis::persist_redis(sizes),
+            "persist_redis_cluster" => redis::persist_redis_cluster(sizes),
             "memory_per_task" => memory::memory_per_task(sizes),
             "list_owner_small" => durable::list_owner_small(sizes),
             "cancel_tree_small" => durable::cancel_tree_small(sizes),

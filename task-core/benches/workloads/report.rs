@@ -269,7 +269,8 @@ pub(crate) fn table(results: &[Measurement], sizes: &Sizes) -> String {
     ));
     if sizes.quick {
         out.push_str(
-            "quick mode: fewer runs and batches; persist_redis at the quick sizes shown above.\n",
+            "quick mode: fewer runs and batches; the persist_ workloads at the quick sizes shown \
+             above.\n",
         );
     }
     for m in results {
