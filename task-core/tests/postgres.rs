@@ -364,33 +364,13 @@ async fn store_open_accepts_postgres_and_postgresql_urls_with_a_schema() {
         let separator = if url.contains('?') { '&' } else { '?' };
         format!("{url}{separator}schema={schema}")
     };
-    let store = task_core::store::open(&with_schema(&url, &schema))
-        .await
-        .expect("open postgres://");
-    let m = BackgroundTaskManager::builder()
-        .task_store(Arc::new(TaskStore::new(store)))
-        .build();
-    let id = m
-        .spawn("owner", "t", "d", |_| async {
-            TaskResult::Success(json!(1))
-        })
-        .await
-        .expect("spawn");
-    m.wait("owner", &id).await.expect("known");
-    m.flush().await;
-    // Visible through a store opened on the same schema (with the other
-    // spelling of the scheme), not on another.
+    // The same schema through the other spelling of the scheme, and another
+    // schema.
     let postgresql = url.replacen("postgres://", "postgresql://", 1);
-    let same = TaskStore::new(
-        task_core::store::open(&with_schema(&postgresql, &schema))
-            .await
-            .expect("open postgresql://"),
-    );
-    assert!(same.load_task(&id).await.expect("load").is_some());
-    let other = TaskStore::new(
-        task_core::store::open(&with_schema(&url, &unique_schema("open_other")))
-            .await
-            .expect("open"),
-    );
-    assert!(other.load_task(&id).await.expect("load").is_none());
+    common::stores_opened_by_url_share_tasks(
+        &with_schema(&url, &schema),
+        &with_schema(&postgresql, &schema),
+        &with_schema(&url, &unique_schema("open_other")),
+    )
+    .await;
 }

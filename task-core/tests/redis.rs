@@ -2,20 +2,17 @@
 //! (killed with SIGKILL and restarted), and real processes that crash or are
 //! cancelled from another process.
 //!
-//! Size: about 860 lines, over the house limit of about 700: one test binary
-//! for everything that needs a Redis server and real processes, so that the
-//! child-process entry point and the shared server are defined once.
+//! The worker processes and the cross-process scenarios are shared with
+//! `redis_cluster.rs`, in `common/redis.rs`.
 
 #![cfg(feature = "redis")]
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::redis::Worker;
 use serde_json::json;
 use task_core::thread_store::{ThreadReaderExt, ThreadStore};
 use task_core::{BackgroundTaskManager, TaskResult, TaskStatus, TaskStore};
@@ -67,100 +64,6 @@ async fn terminal_states_survive_redis_kill_and_restart() {
     .await;
 }
 
-/// The `redis_worker` example, built by `cargo test` next to this binary.
-fn worker_binary() -> PathBuf {
-    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    FOUND.get_or_init(find_or_build_worker).clone()
-}
-
-/// `cargo test` builds the example with the other targets; when only this
-/// test target was built, build it now.
-fn find_or_build_worker() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let examples = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("examples");
-    let find = || {
-        std::fs::read_dir(&examples).ok().and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
-                    (name == "redis_worker" || name.starts_with("redis_worker-"))
-                        && p.extension()
-                            .is_none_or(|e| e == std::env::consts::EXE_EXTENSION)
-                        && !p.to_string_lossy().ends_with(".d")
-                })
-                .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        })
-    };
-    if let Some(path) = find() {
-        return path;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "task-core", "--features", "redis"])
-        .args(["--example", "redis_worker"])
-        .status()
-        .expect("run cargo build for the redis_worker example");
-    assert!(status.success(), "building the redis_worker example failed");
-    find().expect("the redis_worker example binary after building it")
-}
-
-struct Worker {
-    child: Child,
-    lines: std::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Worker {
-    /// Starts a worker process and waits for its `READY` line.
-    fn start(url: &str, instance: &str, owner: &str, shape: &str, n: usize) -> (Self, Vec<String>) {
-        let mut child = Command::new(worker_binary())
-            .args([url, instance, owner, shape, &n.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the redis_worker example (built by cargo test)");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines
-            .next()
-            .expect("the worker prints READY")
-            .expect("read worker output");
-        let ids = ready
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("unexpected worker output {ready:?}"))
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        (Self { child, lines }, ids)
-    }
-
-    /// The next `FINISHED <id> <status>` line.
-    fn next_finished(&mut self) -> (String, String) {
-        let line = self
-            .lines
-            .next()
-            .expect("the worker reports a finished task")
-            .expect("read worker output");
-        let mut parts = line.split(' ');
-        assert_eq!(parts.next(), Some("FINISHED"), "{line}");
-        let id = parts.next().expect("id").to_owned();
-        let status = parts.next().expect("status").to_owned();
-        (id, status)
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_processes_tasks_are_recovered_after_its_lease() {
     let test = "a_killed_worker_processes_tasks_are_recovered_after_its_lease";
@@ -168,63 +71,13 @@ async fn a_killed_worker_processes_tasks_are_recovered_after_its_lease() {
         return;
     };
     let prefix = unique_prefix(test);
-    let url = format!("{}?prefix={prefix}", server.url());
-    let (mut worker, ids) = tokio::task::spawn_blocking(move || {
-        Worker::start(&url, "crashing-worker", "owner", "flat", 100)
-    })
-    .await
-    .expect("start worker");
-    assert_eq!(ids.len(), 100);
-    worker.child.kill().expect("SIGKILL the worker");
-    worker.child.wait().expect("reap the worker");
-
     let store: Arc<dyn ThreadStore> = Arc::new(
         RedisStore::connect_with(&server.url(), fast_options(&prefix))
             .await
             .expect("connect"),
     );
-    let tasks = Arc::new(TaskStore::new(store.clone()));
-    let recoverer = BackgroundTaskManager::builder()
-        .task_store(tasks.clone())
-        .instance_id("recoverer")
-        .lease(Duration::from_secs(2), Duration::from_millis(500))
-        .clock_skew_allowance(Duration::from_millis(200))
-        .build();
-    let early = recoverer.recover().await.expect("recover");
-    assert!(
-        early.stopped.is_empty() && early.failed.is_empty(),
-        "{early:?}"
-    );
-    assert_eq!(early.alive, 100, "the dead worker's lease still holds");
-
-    // The behaviour under test is the lease running out: wait for it.
-    let heartbeat = store
-        .load("instance:crashing-worker")
-        .await
-        .expect("load")
-        .expect("the worker renewed its lease");
-    let expires_at = heartbeat.state["expires_at_ms"].as_u64().expect("expiry");
-    let now = task_core_now_ms();
-    let wait = expires_at.saturating_sub(now) + 200 + 300;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-
-    let report = recoverer.recover().await.expect("recover");
-    assert_eq!(
-        report.stopped.len() + report.failed.len(),
-        100,
-        "{report:?}"
-    );
-    assert_eq!(report.stopped.len(), 50, "the agent_run half is resumable");
-    for id in &ids {
-        let r = tasks.load_task(id).await.expect("load").expect("record");
-        assert_ne!(r.status, TaskStatus::Running, "{id} stays running");
-    }
-}
-
-fn task_core_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    let worker_url = format!("{}?prefix={prefix}", server.url());
+    common::redis::a_killed_workers_tasks_are_recovered_after_its_lease(&worker_url, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,57 +87,13 @@ async fn cancel_tree_from_another_process_cancels_the_holders_tasks() {
     };
     let prefix = unique_prefix("cross-cancel");
     let worker_url = format!("{url}?prefix={prefix}");
-    let (mut worker, ids) = tokio::task::spawn_blocking(move || {
-        Worker::start(&worker_url, "holder", "owner", "tree", 3)
-    })
-    .await
-    .expect("start worker");
-    let root = ids[0].clone();
-
     let store: Arc<dyn ThreadStore> = Arc::new(
         RedisStore::connect_with(&url, RedisStoreOptions::default().with_prefix(prefix))
             .await
             .expect("connect"),
     );
-    let tasks = Arc::new(TaskStore::new(store));
-    let canceller = BackgroundTaskManager::builder()
-        .task_store(tasks.clone())
-        .instance_id("canceller")
-        .build();
-    let cancelled = canceller
-        .cancel_tree("owner", &root)
-        .await
-        .expect("cancel tree");
-    assert_eq!(cancelled.len(), 4);
-
-    // The holder's view: each task ends cancelled (and it flushed).
-    let (mut worker, finished) = tokio::task::spawn_blocking(move || {
-        let finished: Vec<_> = (0..4).map(|_| worker.next_finished()).collect();
-        let _ = worker.child.stdin.take().map(|mut stdin| stdin.flush());
-        (worker, finished)
-    })
-    .await
-    .expect("read worker");
-    for (id, status) in &finished {
-        assert!(ids.contains(id), "{id}");
-        assert_eq!(status, "cancelled", "{id}");
-    }
-    let _ = worker.child.wait();
-    // The canceller's view, from the store: nothing of the tree is open any
-    // more, and every record is cancelled.
-    let open = canceller
-        .list_including_durable("owner", None)
-        .await
-        .expect("list");
-    assert!(open.is_empty(), "{open:?}");
-    let page = canceller
-        .list_durable_page("owner", None, 0)
-        .await
-        .expect("page");
-    assert_eq!(page.tasks.len(), 4);
-    for s in page.tasks {
-        assert_eq!(s.status, TaskStatus::Cancelled, "{}", s.task_id);
-    }
+    common::redis::cancel_tree_from_another_process_cancels_the_holders_tasks(&worker_url, store)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,34 +102,12 @@ async fn store_open_accepts_a_redis_url_with_a_prefix() {
         return;
     };
     let prefix = unique_prefix("open");
-    let store = task_core::store::open(&format!("{url}?prefix={prefix}"))
-        .await
-        .expect("open redis://");
-    let tasks = TaskStore::new(store);
-    let m = BackgroundTaskManager::builder()
-        .task_store(Arc::new(tasks.clone()))
-        .build();
-    let id = m
-        .spawn("owner", "t", "d", |_| async {
-            TaskResult::Success(json!(1))
-        })
-        .await
-        .expect("spawn");
-    m.wait("owner", &id).await.expect("known");
-    m.flush().await;
-    // Visible through a store opened on the same prefix, not on another.
-    let same = TaskStore::new(
-        task_core::store::open(&format!("{url}?prefix={prefix}"))
-            .await
-            .expect("open"),
-    );
-    assert!(same.load_task(&id).await.expect("load").is_some());
-    let other = TaskStore::new(
-        task_core::store::open(&format!("{url}?prefix={prefix}-other"))
-            .await
-            .expect("open"),
-    );
-    assert!(other.load_task(&id).await.expect("load").is_none());
+    common::stores_opened_by_url_share_tasks(
+        &format!("{url}?prefix={prefix}"),
+        &format!("{url}?prefix={prefix}"),
+        &format!("{url}?prefix={prefix}-other"),
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -813,13 +600,9 @@ async fn a_killed_workers_jobs_are_resumed_by_the_survivors_exactly_once() {
     };
     let prefix = unique_prefix(test);
     let url = format!("{}?prefix={prefix}", server.url());
-    let (mut worker, ids) =
-        tokio::task::spawn_blocking(move || Worker::start(&url, "doomed", "owner", "jobs", 20))
-            .await
-            .expect("start worker");
+    let (mut worker, ids) = Worker::launch(&url, "doomed", "owner", "jobs", 20).await;
     assert_eq!(ids.len(), 20);
-    worker.child.kill().expect("SIGKILL the worker");
-    worker.child.wait().expect("reap the worker");
+    worker.kill();
 
     let store = connect(&server.url(), &prefix).await;
     let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -829,7 +612,7 @@ async fn a_killed_workers_jobs_are_resumed_by_the_survivors_exactly_once() {
             .task_store(Arc::new(TaskStore::new(Arc::clone(&store))))
             .instance_id(instance)
             .lease(Duration::from_secs(2), Duration::from_millis(500))
-            .clock_skew_allowance(Duration::from_millis(200))
+            .clock_skew_allowance(common::redis::CLOCK_SKEW)
             .policy("job", task_core::TaskPolicy::default().with_resumable(true))
             .handler("job", move |ctx| {
                 let runs = Arc::clone(&runs);
@@ -844,14 +627,7 @@ async fn a_killed_workers_jobs_are_resumed_by_the_survivors_exactly_once() {
     };
     let (a, b) = (survivor("survivor-a"), survivor("survivor-b"));
     // The behaviour under test is the dead worker's lease running out.
-    let heartbeat = store
-        .load("instance:doomed")
-        .await
-        .expect("load")
-        .expect("the worker renewed its lease");
-    let expires_at = heartbeat.state["expires_at_ms"].as_u64().expect("expiry");
-    let wait = expires_at.saturating_sub(task_core_now_ms()) + 200 + 300;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    common::redis::outlive_the_lease_of(&store, "doomed").await;
     let (ra, rb) = tokio::join!(a.recover(), b.recover());
     let (ra, rb) = (ra.expect("recover"), rb.expect("recover"));
     let mut resumed: Vec<String> = ra.resumed.iter().chain(&rb.resumed).cloned().collect();

@@ -1,9 +1,14 @@
-//! What the manager's fault tests on real servers share (`redis.rs`,
-//! `postgres.rs`): an outage with 2,000 tasks, and the check that nothing
-//! was lost or duplicated. The persistence suite itself is packaged in
-//! `task_core::testing` (feature `testing`).
+//! What the manager's tests on real servers share (`redis.rs`,
+//! `redis_cluster.rs`, `postgres.rs`): an outage with 2,000 tasks, and the
+//! check that nothing was lost or duplicated; what `store::open` with a URL
+//! must do; in `redis`, the worker processes of the Redis tests. The
+//! persistence suite itself is packaged in `task_core::testing` (feature
+//! `testing`).
 
 #![allow(dead_code, unreachable_pub)]
+
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -129,4 +134,27 @@ pub async fn outcomes_survive_an_outage<S>(
     restart(server);
     m.flush().await;
     assert_all_completed_once(&m, &tasks, &store, "owner", &ids).await;
+}
+
+/// `task_core::store::open`: a task finished through a store opened on
+/// `url` is durable and visible through a store opened on `same` (the same
+/// data, by the same URL or another spelling of it), and not through one
+/// opened on `other`.
+pub async fn stores_opened_by_url_share_tasks(url: &str, same: &str, other: &str) {
+    let store = task_core::store::open(url).await.expect("open the URL");
+    let m = BackgroundTaskManager::builder()
+        .task_store(Arc::new(TaskStore::new(store)))
+        .build();
+    let id = m
+        .spawn("owner", "t", "d", |_| async {
+            TaskResult::Success(json!(1))
+        })
+        .await
+        .expect("spawn");
+    m.wait("owner", &id).await.expect("known");
+    m.flush().await;
+    let same = TaskStore::new(task_core::store::open(same).await.expect("open"));
+    assert!(same.load_task(&id).await.expect("load").is_some());
+    let other = TaskStore::new(task_core::store::open(other).await.expect("open"));
+    assert!(other.load_task(&id).await.expect("load").is_none());
 }
