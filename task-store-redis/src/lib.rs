@@ -185,10 +185,10 @@
 //! | `append` | 1 | the batch append script with one append |
 //! | `append_batch` | 1 per 8 runs | runs of the batch append script, one shard each, up to 128 appends each (the further appends of a thread join the run of its first, in order), each append all or nothing on its own: one `HMGET` (head fields and the message ids asked about) and one `HSET` per append, one `ZADD`/`ZREM` per changed index per run; the runs of a round trip go as one pipeline per slot, all at once |
 //! | `create_batch` | 1 per 8 runs | runs of the batch create script, one shard each, up to 128 threads each, each thread all or nothing on its own: one `EXISTS` proving the run's threads fresh, one `HSET` per thread, one `ZADD` per index per run |
-//! | `load` | 1 | `HMGET` of the head fields |
+//! | `load` | 1 (2 when no head is found) | `HMGET` of the head fields; when it finds none, the read script tells an absent thread from a hash that lost its head (corrupt) |
 //! | `load_messages` | 1 | a read script: the head's sequence number and `HMGET` of the page |
 //! | `list_threads` | 1 (one script per shard, at once) | `ZRANGEBYLEX` of the index range, one per kind when the query has no kind; entries of expired threads are skipped and removed |
-//! | `delete` | 1 | the delete script: the thread's key and its index entries |
+//! | `delete` | 1 | the delete script: the thread's key and its index entries (of a corrupt thread, which does not name its kind and parent, found by a pass over the shard's sorted sets) |
 //! | [`sweep_expired`](RedisStore::sweep_expired) | 1 per shard | the sweep script |
 //!
 //! A task's life (create, then finish with one message) costs the server

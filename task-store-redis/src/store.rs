@@ -287,7 +287,24 @@ impl ThreadReader for RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.inner.keys.thread(id)).arg(&HEAD_FIELDS[..]);
         let values: Vec<Option<Vec<u8>>> = self.inner.conn.query(&cmd, Some(id)).await?;
-        parse_head(id, values)
+        if values.iter().any(Option::is_some) {
+            return parse_head(id, values);
+        }
+        // No head: the thread is absent, or its key is a hash that lost its
+        // head (which a write would call corrupt). The log's script tells
+        // them apart in one atomic look; a thread it finds whole was
+        // created after the read above, which this load comes before.
+        let invocation = Invocation::new(&scripts::READ_LOG)
+            .key(self.inner.keys.thread(id))
+            .arg("0")
+            .arg("0");
+        let reply = self.inner.conn.invoke(&invocation, Some(id)).await?;
+        let mut replies = items(id, reply)?.into_iter();
+        match status(id, replies.next())?.as_str() {
+            "ok" | "notfound" => Ok(None),
+            "corrupt" => Err(corrupt_reason(id, replies.next())),
+            other => Err(unexpected(id, other)),
+        }
     }
 
     async fn load_messages(&self, id: &str, query: MessageQuery) -> Result<MessagePage> {

@@ -340,6 +340,7 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         "bad-message",
         "fine",
         "garbage",
+        "headless",
         "lost-message",
         "no-seq",
     ];
@@ -377,6 +378,11 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         .cmd("HDEL")
         .arg(key("no-seq"))
         .arg("seq")
+        .ignore()
+        // Every head field gone, the log left.
+        .cmd("HDEL")
+        .arg(key("headless"))
+        .arg(&["v", "seq", "term", "state", "id", "kind", "meta", "parent"][..])
         .ignore();
     let _: () = pipe.query_async(&mut conn).await.expect("damage");
 
@@ -384,11 +390,17 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         ThreadStoreError::Corrupt { id, .. } => id,
         other => panic!("expected Corrupt, got {other:?}"),
     };
-    for id in ["garbage", "bad-json", "no-seq"] {
+    for id in ["garbage", "bad-json", "no-seq", "headless"] {
         let err = store.load(id).await.expect_err("corrupt head");
         assert_eq!(corrupt_id(err), id);
     }
-    for id in ["garbage", "bad-message", "lost-message", "no-seq"] {
+    for id in [
+        "garbage",
+        "bad-message",
+        "lost-message",
+        "no-seq",
+        "headless",
+    ] {
         let err = store
             .load_messages(id, MessageQuery::default())
             .await
@@ -417,7 +429,7 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
     let changes = ChangeSet::state(json!(1))
         .with_message(NewMessage::with_id("x", json!(1)))
         .with_terminal(true);
-    for id in ["garbage", "no-seq"] {
+    for id in ["garbage", "no-seq", "headless"] {
         let err = store
             .append(id, changes.clone(), VersionPrecondition::Any)
             .await
@@ -429,6 +441,15 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
             .expect_err("corrupt");
         assert_eq!(corrupt_id(err), id);
     }
+    // A hash that lost its head still holds its id.
+    let err = store
+        .create(Thread::new("headless", "task"))
+        .await
+        .expect_err("the id is taken");
+    assert!(
+        matches!(&err, ThreadStoreError::AlreadyExists { id } if id == "headless"),
+        "{err:?}"
+    );
     let garbage: String = redis::cmd("GET")
         .arg(key("garbage"))
         .query_async(&mut conn)
@@ -474,19 +495,29 @@ async fn corrupt_keys_give_corrupt_for_that_thread_only() {
         ids
     );
 
-    // A corrupt thread can still be deleted: a hash with its index entries,
-    // a key of another type alone (its entries are dropped by the listings
-    // that pass them).
-    store.delete("no-seq").await.expect("delete");
-    store.delete("garbage").await.expect("delete");
-    for id in ["no-seq", "garbage"] {
+    // A corrupt thread can still be deleted, with its index entries: a hash
+    // that names its kind and parent, a hash without its head, a key of
+    // another type.
+    let gone = ["no-seq", "headless", "garbage"];
+    for id in gone {
+        store.delete(id).await.expect("delete");
         assert_eq!(store.load(id).await.expect("load"), None, "{id}");
     }
-    assert!(
-        !members(&mut conn, &shard_key(&prefix, "kind"))
-            .await
-            .contains(&"task\0no-seq".to_owned())
-    );
+    let left = ["bad-json", "bad-message", "fine", "lost-message"];
+    let open = ["bad-json", "bad-message", "lost-message"]; // `fine` finished
+    for (set, ids, entry) in [
+        ("kind", &left[..], "task\0"),
+        ("open:kind", &open[..], "task\0"),
+        ("parent", &left[..], "p\0task\0"),
+        ("open:parent", &open[..], "p\0task\0"),
+    ] {
+        let want: Vec<String> = ids.iter().map(|id| format!("{entry}{id}")).collect();
+        assert_eq!(
+            members(&mut conn, &shard_key(&prefix, set)).await,
+            want,
+            "the entries of the deleted threads left {set}"
+        );
+    }
     assert_eq!(
         store
             .list_all_threads(ThreadQuery::by_parent("p"))

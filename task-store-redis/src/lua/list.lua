@@ -23,9 +23,12 @@ local by_parent = ARGV[6] == 'parent'
 -- Whether `member`, the entry of thread `id`, is the thread's own entry
 -- now: its key lives, with the kind (and parent) the entry names.
 local function current(member, id)
-  local cur = redis.pcall('HMGET', thread_prefix .. encode(id), 'kind', 'parent')
+  local key = thread_prefix .. encode(id)
+  local cur = redis.pcall('HMGET', key, 'kind', 'parent')
   if cur['err'] then return true end -- not a hash: listed, and loading it says so
-  if cur[1] == false then return false end
+  -- No kind: expired (not listed), or a hash that lost its head (listed,
+  -- and loading it says it is corrupt).
+  if cur[1] == false then return redis.call('EXISTS', key) == 1 end
   local own = cur[1] .. '\0' .. id
   if by_parent then own = (cur[2] or '') .. '\0' .. own end
   return own == member

@@ -1,4 +1,5 @@
--- A page of one thread's log.
+-- A page of one thread's log; with a limit of 0, whether the thread is
+-- there and sound (what `load` asks when it found no head).
 --
 -- KEYS: the thread key. ARGV: 1 after (the last sequence number seen),
 -- 2 limit. Returns {'ok', last_seq, message...} (false for a message
@@ -14,7 +15,7 @@ local last_seq = tonumber(cur[1])
 if last_seq == nil then return {'corrupt', 'the head has no valid sequence number'} end
 local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {'ok', last_seq}
-if after >= last_seq then return out end
+if after >= last_seq or limit < 1 then return out end
 local upto = math.min(last_seq, after + limit)
 local fields = {}
 for seq = after + 1, upto do fields[#fields + 1] = 'm:' .. fmt(seq) end
