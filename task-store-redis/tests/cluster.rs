@@ -208,8 +208,8 @@ fn masters(cluster: &RedisCluster) -> Vec<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_go_on_during_a_live_slot_migration() {
-    let test = "writes_go_on_during_a_live_slot_migration";
+async fn writes_during_a_live_slot_migration_are_delayed_never_lost() {
+    let test = "writes_during_a_live_slot_migration_are_delayed_never_lost";
     let Some(mut cluster) = private_cluster_or_skip(test, RedisCluster::builder()) else {
         return;
     };
