@@ -63,18 +63,7 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
                 .map(|close| &rest[..close])
         })
         .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % SLOTS as u16
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % SLOTS as u16
 }
 
 /// The shard of a thread id among `shards`: FNV-1a (64 bits) of the id's

@@ -415,23 +415,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
             (close > 0).then(|| &rest[..close])
         })
         .unwrap_or(key);
-    crc16_xmodem(hashed) % SLOT_COUNT
-}
-
-/// CRC16-CCITT as Redis uses it (XMODEM: polynomial 0x1021, initial 0).
-fn crc16_xmodem(bytes: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in bytes {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOT_COUNT
 }
 
 /// A private cluster for a test. When `redis-server` or `redis-cli` is
@@ -494,6 +478,10 @@ fn check_slot(slot: u16) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn crc16_xmodem(bytes: &[u8]) -> u16 {
+        crc16::State::<crc16::XMODEM>::calculate(bytes)
+    }
 
     #[test]
     fn key_slots_match_the_redis_cluster_specification() {
