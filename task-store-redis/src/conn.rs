@@ -81,15 +81,11 @@ impl Invocation {
         self
     }
 
-    /// The hash tag of the invocation's keys (all its keys share one): the
-    /// part of its first key between braces, or the whole key.
-    fn tag(&self) -> &str {
-        let Some(key) = self.keys.first() else {
-            return "";
-        };
-        key.split_once('{')
-            .and_then(|(_, rest)| rest.split_once('}'))
-            .map_or(key.as_str(), |(tag, _)| tag)
+    /// The hash slot of the invocation's keys (all its keys share one).
+    fn slot(&self) -> u16 {
+        self.keys
+            .first()
+            .map_or(0, |key| crate::keys::key_slot(key.as_bytes()))
     }
 
     /// The `EVALSHA` command, for pipelines.
@@ -307,7 +303,7 @@ impl Connection {
     }
 
     /// Runs script invocations, one result each: as one pipeline on a single
-    /// server, as one pipeline per hash tag (all sent at once) on a cluster,
+    /// server, as one pipeline per slot (all sent at once) on a cluster,
     /// each in order. Scripts a server had forgotten (after a restart, a
     /// failover or `SCRIPT FLUSH`) are loaded again and resent once, in
     /// their order: `NOSCRIPT` means the script did not run, so resending is
@@ -360,14 +356,14 @@ impl Connection {
     }
 
     /// Sends invocations, one result per invocation, in order: one pipeline
-    /// per hash tag on a cluster, one in all on a single server.
+    /// per slot on a cluster, one in all on a single server.
     async fn run_pipeline(&self, invocations: &[&Invocation]) -> Vec<RedisResultValue> {
         if !self.is_cluster() {
             return self.send_pipeline(invocations, true).await;
         }
-        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, invocation) in invocations.iter().enumerate() {
-            groups.entry(invocation.tag()).or_default().push(i);
+            groups.entry(invocation.slot()).or_default().push(i);
         }
         let groups: Vec<Vec<usize>> = groups.into_values().collect();
         let sent = join_all(groups.iter().map(|members| async move {

@@ -44,8 +44,28 @@ impl fmt::Debug for RedisSignals {
     }
 }
 
-/// The watchers of each channel, by channel name.
-type Watchers = HashMap<Vec<u8>, Vec<mpsc::UnboundedSender<()>>>;
+/// The watched channels of a cluster's shared subscriber, by name.
+type Watchers = HashMap<Vec<u8>, Channel>;
+
+/// One watched channel: where its pushes go, and whether the connection is
+/// subscribed to it.
+#[derive(Default)]
+struct Channel {
+    senders: Vec<mpsc::UnboundedSender<()>>,
+    /// `true` while subscribed; held across each `SSUBSCRIBE` and
+    /// `SUNSUBSCRIBE` of the channel, so that a watch returns only once the
+    /// channel is subscribed, and an unsubscription never overtakes a later
+    /// watch.
+    subscribed: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Channel {
+    /// Drops the senders whose watch ended; returns whether none is left.
+    fn prune(&mut self) -> bool {
+        self.senders.retain(|sender| !sender.is_closed());
+        self.senders.is_empty()
+    }
+}
 
 /// A cluster's shared subscriber: the connection the pushes arrive on, and
 /// where they go.
@@ -85,8 +105,8 @@ impl Hub {
                 return Ok(());
             };
             let mut watchers = sink.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(senders) = watchers.get_mut(channel) {
-                senders.retain(|sender| sender.send(()).is_ok());
+            if let Some(watched) = watchers.get_mut(channel) {
+                watched.senders.retain(|sender| sender.send(()).is_ok());
             }
             Ok(())
         };
@@ -141,20 +161,22 @@ impl ThreadSignals for RedisSignals {
             Subscriber::Cluster(seeds) => {
                 let hub = self.hub(seeds).await?;
                 let (sender, receiver) = mpsc::unbounded_channel();
-                let first = {
-                    let mut watchers = hub.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-                    let senders = watchers.entry(channel.clone().into_bytes()).or_default();
-                    senders.retain(|sender| !sender.is_closed());
-                    senders.push(sender);
-                    senders.len() == 1
-                };
-                if first {
+                let state = hub.with_channel(&channel, |watched| {
+                    watched.prune();
+                    watched.senders.push(sender);
+                    Arc::clone(&watched.subscribed)
+                });
+                let mut subscribed = state.lock().await;
+                if !*subscribed {
                     let mut conn = hub.conn.clone();
                     if let Err(err) = conn.ssubscribe(&channel).await {
-                        forget(&hub, &channel);
+                        drop(receiver);
+                        hub.remove_if_unwatched(&channel, &state);
                         return Err(RedisFailure::general(err).into());
                     }
+                    *subscribed = true;
                 }
+                drop(subscribed);
                 Ok(SignalReceiver::new(Box::new(ClusterSubscription {
                     receiver,
                     channel,
@@ -165,19 +187,56 @@ impl ThreadSignals for RedisSignals {
     }
 }
 
-/// Drops the closed watchers of `channel`, and the channel when none is
-/// left; returns whether none is left.
-fn forget(hub: &Hub, channel: &str) -> bool {
-    let mut watchers = hub.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(senders) = watchers.get_mut(channel.as_bytes()) else {
-        return false;
-    };
-    senders.retain(|sender| !sender.is_closed());
-    if senders.is_empty() {
-        watchers.remove(channel.as_bytes());
-        true
-    } else {
-        false
+impl Hub {
+    /// Runs `f` on the entry of `channel`, made when missing.
+    fn with_channel<T>(&self, channel: &str, f: impl FnOnce(&mut Channel) -> T) -> T {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        f(watchers.entry(channel.as_bytes().to_vec()).or_default())
+    }
+
+    /// Whether `channel` has no watch left (pruning the ended ones).
+    fn unwatched(&self, channel: &str) -> bool {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        watchers
+            .get_mut(channel.as_bytes())
+            .is_none_or(Channel::prune)
+    }
+
+    /// Removes the entry of `channel` when no watch is left and it is still
+    /// the entry whose subscription state is `state`.
+    fn remove_if_unwatched(&self, channel: &str, state: &Arc<tokio::sync::Mutex<bool>>) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(watched) = watchers.get_mut(channel.as_bytes())
+            && Arc::ptr_eq(&watched.subscribed, state)
+            && watched.prune()
+        {
+            watchers.remove(channel.as_bytes());
+        }
+    }
+
+    /// Unsubscribes `channel` if no watch is left, under the channel's
+    /// lock, so that a watch made meanwhile is either seen here or
+    /// subscribes again after this.
+    async fn unsubscribe_if_unwatched(&self, channel: &str) {
+        let state = {
+            let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+            match watchers.get(channel.as_bytes()) {
+                Some(watched) => Arc::clone(&watched.subscribed),
+                None => return,
+            }
+        };
+        let mut subscribed = state.lock().await;
+        if !self.unwatched(channel) {
+            return;
+        }
+        if *subscribed {
+            let mut conn = self.conn.clone();
+            if let Err(err) = conn.sunsubscribe(channel).await {
+                tracing::debug!(error = %err, channel, "unsubscribing a signal channel failed");
+            }
+            *subscribed = false;
+        }
+        self.remove_if_unwatched(channel, &state);
     }
 }
 
@@ -223,25 +282,12 @@ impl SignalSource for ClusterSubscription {
 impl Drop for ClusterSubscription {
     fn drop(&mut self) {
         self.receiver.close();
-        if forget(&self.hub, &self.channel)
+        if self.hub.unwatched(&self.channel)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let mut conn = self.hub.conn.clone();
+            let hub = Arc::clone(&self.hub);
             let channel = std::mem::take(&mut self.channel);
-            let watchers = Arc::clone(&self.hub.watchers);
-            runtime.spawn(async move {
-                // A new watch may have come meanwhile.
-                let watched = watchers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(channel.as_bytes());
-                if watched {
-                    return;
-                }
-                if let Err(err) = conn.sunsubscribe(&channel).await {
-                    tracing::debug!(error = %err, channel, "unsubscribing a signal channel failed");
-                }
-            });
+            runtime.spawn(async move { hub.unsubscribe_if_unwatched(&channel).await });
         }
     }
 }

@@ -193,6 +193,58 @@ async fn sharded_signals_wake_watchers_on_a_cluster() {
     assert_eq!(again.recv().await, Some(()));
 }
 
+/// `watch` returns once its channel is subscribed, also for a watch that
+/// joins one still subscribing, and for a watch made while the channel's
+/// last watch is being unsubscribed: a signal sent right after `watch`
+/// returns wakes it. Each round races the two on a fresh channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_returned_is_subscribed_whatever_it_raced() {
+    let test = "a_watch_that_returned_is_subscribed_whatever_it_raced";
+    let Some(url) = shared_cluster_url(test) else {
+        return;
+    };
+    let prefix = unique_prefix("signal-races");
+    let watcher = RedisStore::connect_with(&url, options(&prefix))
+        .await
+        .expect("connect");
+    let sender = RedisStore::connect_with(&url, options(&prefix))
+        .await
+        .expect("connect");
+    let signals = watcher.signals().expect("redis has signals");
+    let send = sender.signals().expect("redis has signals");
+    for round in 0..20 {
+        // Two watches of a new channel at once: the second may find the
+        // first still subscribing.
+        let channel = format!("joined-{round}");
+        let first = {
+            let (store, channel) = (watcher.clone(), channel.clone());
+            tokio::spawn(async move {
+                let signals = store.signals().expect("redis has signals");
+                signals.watch(&channel).await
+            })
+        };
+        let mut second = signals.watch(&channel).await.expect("watch");
+        send.signal(&channel).await.expect("signal");
+        tokio::time::timeout(Duration::from_secs(5), second.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: a joining watch missed a signal sent after it returned")
+            });
+        drop(first.await.expect("no panic").expect("watch"));
+
+        // The last watch dropped, and a new one at once.
+        let channel = format!("rewatched-{round}");
+        drop(signals.watch(&channel).await.expect("watch"));
+        let mut again = signals.watch(&channel).await.expect("watch again");
+        send.signal(&channel).await.expect("signal");
+        tokio::time::timeout(Duration::from_secs(5), again.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: a watch made as the last one went missed a signal")
+            });
+    }
+}
+
 /// Masters of the cluster, by index: the master of each third of the slots.
 fn masters(cluster: &RedisCluster) -> Vec<usize> {
     let mut masters: Vec<usize> = [0u16, 8192, 16383]
