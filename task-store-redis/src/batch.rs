@@ -16,7 +16,7 @@ use crate::conn::Invocation;
 use crate::error::{missing_result, not_sent};
 use crate::keys::KeySpace;
 use crate::reply::{CreateStatus, WriteReply, run_items};
-use crate::scripts;
+use crate::scripts::{self, Lua};
 use crate::store::RedisStore;
 
 /// At most this many threads go into one run of the batch create script.
@@ -109,16 +109,14 @@ impl<'a> CreateRun<'a> {
 
     /// The script's invocation, and per thread its slot and what it commits.
     fn finish(self, keys: &KeySpace, retention_ms: u64) -> (Invocation, Vec<(usize, Committed)>) {
-        let mut invocation = Invocation::new(&scripts::CREATE_BATCH);
-        invocation.args.reserve(2 + self.args.len());
-        invocation.args.push(retention_ms.to_string().into_bytes());
-        invocation
-            .args
-            .push(self.items.len().to_string().into_bytes());
-        invocation.args.extend(self.args);
-        invocation.keys.reserve(5 + self.thread_keys.len());
-        invocation.keys.extend(keys.indexes(self.shard));
-        invocation.keys.extend(self.thread_keys);
+        let invocation = run_invocation(
+            &scripts::CREATE_BATCH,
+            keys,
+            self.shard,
+            retention_ms,
+            (self.items.len(), self.args),
+            self.thread_keys,
+        );
         (invocation, self.items)
     }
 }
@@ -176,18 +174,38 @@ impl AppendRun {
 
     /// The script's invocation, and per item its slot and repeats.
     fn finish(self, keys: &KeySpace, retention_ms: u64) -> (Invocation, Vec<(usize, u64)>) {
-        let mut invocation = Invocation::new(&scripts::APPEND_BATCH);
-        invocation.args.reserve(2 + self.args.len());
-        invocation.args.push(retention_ms.to_string().into_bytes());
-        invocation
-            .args
-            .push(self.items.len().to_string().into_bytes());
-        invocation.args.extend(self.args);
-        invocation.keys.reserve(5 + self.thread_keys.len());
-        invocation.keys.extend(keys.indexes(self.shard));
-        invocation.keys.extend(self.thread_keys);
+        let invocation = run_invocation(
+            &scripts::APPEND_BATCH,
+            keys,
+            self.shard,
+            retention_ms,
+            (self.items.len(), self.args),
+            self.thread_keys,
+        );
         (invocation, self.items)
     }
+}
+
+/// The invocation of one run of a batch script on `shard`: `KEYS` the
+/// shard's five sorted sets, then the run's thread keys; `ARGV` the
+/// retention, the item count, then the items' own arguments.
+fn run_invocation(
+    script: &'static Lua,
+    keys: &KeySpace,
+    shard: usize,
+    retention_ms: u64,
+    (count, item_args): (usize, Vec<Vec<u8>>),
+    thread_keys: Vec<String>,
+) -> Invocation {
+    let mut invocation = Invocation::new(script);
+    invocation.args.reserve(2 + item_args.len());
+    invocation.args.push(retention_ms.to_string().into_bytes());
+    invocation.args.push(count.to_string().into_bytes());
+    invocation.args.extend(item_args);
+    invocation.keys.reserve(5 + thread_keys.len());
+    invocation.keys.extend(keys.indexes(shard));
+    invocation.keys.extend(thread_keys);
+    invocation
 }
 
 /// The results of a batch being filled in, one per item.
