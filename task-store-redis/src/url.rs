@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use task_store::{Result, ThreadStoreError};
 
+use crate::keys::MAX_SHARDS;
+
 /// The parameters `redis-rs` reads from a `redis://` or `rediss://` URL.
 const REDIS_RS_PARAMS: &[&str] = &["protocol"];
 
@@ -183,7 +185,9 @@ impl Params {
                 "retention" => {
                     self.retention = Some(parse_duration("retention", &value, target)?);
                 }
-                "shards" => self.shards = Some(parse_count("shards", &value, 1, 1024, target)?),
+                "shards" => {
+                    self.shards = Some(parse_count("shards", &value, 1, MAX_SHARDS, target)?)
+                }
                 "wait" => self.wait = Some(parse_count("wait", &value, 0, 64, target)?),
                 "wait_timeout" => {
                     self.wait_timeout = Some(parse_duration("wait_timeout", &value, target)?);
