@@ -530,26 +530,38 @@ pub(crate) fn free_port() -> io::Result<u16> {
 }
 
 /// Encodes a command in RESP.
-fn resp(args: &[&str]) -> Vec<u8> {
+pub(crate) fn resp<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
+        let arg = arg.as_ref();
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg.as_bytes());
+        out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
     out
 }
 
-fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
-    let mut line = String::new();
-    let n = reader.by_ref().take(64 * 1024).read_line(&mut line)?;
+/// Reads one RESP line (at most 64 KiB) without its CRLF.
+pub(crate) fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut line = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(64 * 1024)
+        .read_until(b'\n', &mut line)?;
     if n == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the server closed the connection",
         ));
     }
-    Ok(line.trim_end().to_owned())
+    if !line.ends_with(b"\r\n") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a reply line without CRLF (or longer than 64 KiB)",
+        ));
+    }
+    line.truncate(line.len() - 2);
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Quotes a configuration value for redis.conf.

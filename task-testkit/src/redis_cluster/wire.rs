@@ -4,12 +4,13 @@
 //! [`RedisCluster::pipeline`], and [`RedisCluster::redis_cli`], which goes
 //! through `redis-cli -c` to follow redirects as a cluster client does.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{RedisCluster, find_redis_cli};
+use crate::redis_server::{read_line, resp};
 
 /// How long one command may take to connect and to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -154,16 +155,7 @@ fn request<A: AsRef<[u8]>>(port: u16, commands: &[&[A]]) -> io::Result<Vec<Reply
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
-    let mut out = Vec::new();
-    for args in commands {
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in *args {
-            let arg = arg.as_ref();
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    let out: Vec<u8> = commands.iter().flat_map(|args| resp(args)).collect();
     writer.write_all(&out)?;
     let mut reader = BufReader::new(stream);
     commands.iter().map(|_| read_reply(&mut reader)).collect()
@@ -213,29 +205,6 @@ fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {
         }
         _ => Err(invalid("an unknown type")),
     }
-}
-
-/// Reads one line (at most 64 KiB) without its CRLF.
-fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
-    let mut line = Vec::new();
-    let n = reader
-        .by_ref()
-        .take(64 * 1024)
-        .read_until(b'\n', &mut line)?;
-    if n == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the node closed the connection",
-        ));
-    }
-    if !line.ends_with(b"\r\n") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "a reply line without CRLF (or longer than 64 KiB)",
-        ));
-    }
-    line.truncate(line.len() - 2);
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 #[cfg(test)]
