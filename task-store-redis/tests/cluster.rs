@@ -158,19 +158,25 @@ async fn a_cluster_store_spreads_its_shards_over_every_master() {
     );
 }
 
+/// Two stores (two connections) on the shared cluster under one fresh
+/// prefix: one to watch, one to signal.
+async fn two_stores_on_one_prefix(test: &str, prefix: &str) -> Option<(RedisStore, RedisStore)> {
+    let url = shared_cluster_url(test)?;
+    let prefix = unique_prefix(prefix);
+    let connect = || async {
+        RedisStore::connect_with(&url, options(&prefix))
+            .await
+            .expect("connect")
+    };
+    Some((connect().await, connect().await))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_signals_wake_watchers_on_a_cluster() {
     let test = "sharded_signals_wake_watchers_on_a_cluster";
-    let Some(url) = shared_cluster_url(test) else {
+    let Some((watcher, sender)) = two_stores_on_one_prefix(test, "signals").await else {
         return;
     };
-    let prefix = unique_prefix("signals");
-    let watcher = RedisStore::connect_with(&url, options(&prefix))
-        .await
-        .expect("connect");
-    let sender = RedisStore::connect_with(&url, options(&prefix))
-        .await
-        .expect("connect");
     let signals = watcher.signals().expect("redis has signals");
     // Channels on different slots, and two watchers of one channel.
     let mut a = signals.watch("instance:a").await.expect("watch a");
@@ -200,16 +206,9 @@ async fn sharded_signals_wake_watchers_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_returned_is_subscribed_whatever_it_raced() {
     let test = "a_watch_that_returned_is_subscribed_whatever_it_raced";
-    let Some(url) = shared_cluster_url(test) else {
+    let Some((watcher, sender)) = two_stores_on_one_prefix(test, "signal-races").await else {
         return;
     };
-    let prefix = unique_prefix("signal-races");
-    let watcher = RedisStore::connect_with(&url, options(&prefix))
-        .await
-        .expect("connect");
-    let sender = RedisStore::connect_with(&url, options(&prefix))
-        .await
-        .expect("connect");
     let signals = watcher.signals().expect("redis has signals");
     let send = sender.signals().expect("redis has signals");
     for round in 0..20 {
