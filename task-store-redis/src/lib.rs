@@ -223,10 +223,12 @@
 //! script touches the keys of one shard, so one slot; batches are split by
 //! shard, and the runs of different shards go to their masters at once.
 //! Signals use Redis 7's sharded pub/sub (`SPUBLISH` on the channel's own
-//! slot, `SSUBSCRIBE` on one shared RESP3 connection per store, which
-//! `redis-rs` subscribes again after a reconnection or a failover); the
-//! task layer's inbox poll remains the fallback for a signal lost in a
-//! failover. Slot migrations (`MOVED`, `ASK`) are followed by the client; a
+//! slot, `SSUBSCRIBE` on one shared RESP3 connection per store). After a
+//! lost connection the store subscribes every watched channel again until
+//! it succeeds, on whichever master now holds its slot: after a master was
+//! SIGKILLed, signals reached a watch made before within about a second of
+//! its replica taking over. Signals sent meanwhile are lost; the task
+//! layer's inbox poll remains the fallback for them. Slot migrations (`MOVED`, `ASK`) are followed by the client; a
 //! script whose keys are half-migrated is refused by the server with
 //! `TRYAGAIN`, which is a retryable `Unavailable` (the script did not run).
 //! Since a shard's threads and indexes share its slot, a shard's writes

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use task_store::{
@@ -25,8 +27,8 @@ use crate::keys::KeySpace;
 /// dedicated subscriber connection per watch. On a cluster: an `SPUBLISH`
 /// on `<prefix>:signal:{<channel>}` (the channel's own slot, so signals
 /// spread over the masters), and one shared RESP3 connection per store
-/// for every watch, which `redis-rs` subscribes again after a reconnection
-/// or a failover.
+/// for every watch, subscribed again after a reconnection or a failover
+/// (see [`Hub::connect`]).
 #[derive(Clone)]
 pub(crate) struct RedisSignals {
     pub(crate) link: Link,
@@ -94,10 +96,23 @@ impl RedisSignals {
 impl Hub {
     /// Connects a RESP3 cluster connection whose pushes go to the watchers
     /// of their channel.
+    ///
+    /// `redis-rs` subscribes a node's channels again when it reconnects to
+    /// that node, and moves them when it learns a new topology; but a
+    /// connection that only listens sends nothing that would make it learn
+    /// one, so after its master died it would keep trying the dead node.
+    /// Each lost connection therefore starts [`Hub::repair`], which
+    /// subscribes the watched channels again (learning the topology on the
+    /// way) until they all are.
     async fn connect(seeds: &ClusterSeeds) -> Result<Arc<Self>> {
         let watchers: Arc<Mutex<Watchers>> = Arc::default();
         let sink = Arc::clone(&watchers);
+        let (lost, losses) = mpsc::unbounded_channel();
         let deliver = move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
+            if push.kind == PushKind::Disconnection {
+                let _ = lost.send(());
+                return Ok(());
+            }
             if !matches!(push.kind, PushKind::SMessage | PushKind::Message) {
                 return Ok(());
             }
@@ -120,7 +135,61 @@ impl Hub {
             .get_async_connection()
             .await
             .map_err(|err| ThreadStoreError::from(RedisFailure::general(err)))?;
-        Ok(Arc::new(Self { conn, watchers }))
+        let hub = Arc::new(Self { conn, watchers });
+        tokio::spawn(Self::repair(Arc::downgrade(&hub), losses));
+        Ok(hub)
+    }
+
+    /// After each lost connection, subscribes the watched channels again
+    /// (with a backoff from 50 ms to 1 s between tries) until every one is.
+    /// Ends when the hub is gone (its connection, which holds the sender of
+    /// `losses`, with it).
+    async fn repair(hub: Weak<Self>, mut losses: mpsc::UnboundedReceiver<()>) {
+        while losses.recv().await.is_some() {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                while losses.try_recv().is_ok() {}
+                let Some(hub) = hub.upgrade() else {
+                    return;
+                };
+                if hub.resubscribe().await {
+                    break;
+                }
+                drop(hub);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Subscribes every watched channel again, each under its lock (so no
+    /// unsubscription is undone); returns whether all succeeded.
+    async fn resubscribe(&self) -> bool {
+        let channels: Vec<(String, Arc<tokio::sync::Mutex<bool>>)> = {
+            let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+            watchers
+                .iter()
+                .filter_map(|(name, watched)| {
+                    let name = String::from_utf8(name.clone()).ok()?;
+                    Some((name, Arc::clone(&watched.subscribed)))
+                })
+                .collect()
+        };
+        let tries = channels.iter().map(|(name, state)| async move {
+            let subscribed = state.lock().await;
+            if !*subscribed {
+                return true;
+            }
+            let mut conn = self.conn.clone();
+            match conn.ssubscribe(name).await {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::debug!(error = %err, channel = name, "subscribing a signal channel again failed");
+                    false
+                }
+            }
+        });
+        join_all(tries).await.into_iter().all(|done| done)
     }
 }
 

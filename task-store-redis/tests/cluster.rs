@@ -468,3 +468,71 @@ async fn no_write_acknowledged_with_wait_is_lost_when_a_master_is_killed() {
     }
     cluster.shutdown().expect("shut the cluster down");
 }
+
+/// The crate docs promise that the shared subscriber subscribes again after
+/// a failover: a watch made before the master of its channel's slot was
+/// SIGKILLed is woken by signals sent after its replica took over (the
+/// first ones may be lost while the subscriber reconnects, as the contract
+/// allows, so the test signals until one arrives, for up to 20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_survives_the_failover_of_its_channels_master() {
+    let test = "a_watch_survives_the_failover_of_its_channels_master";
+    let Some(mut cluster) = private_cluster_or_skip(test, RedisCluster::builder()) else {
+        return;
+    };
+    let prefix = "failover-signals";
+    let watcher = RedisStore::connect_with(&cluster.url(), options(prefix))
+        .await
+        .expect("connect");
+    let sender = RedisStore::connect_with(&cluster.url(), options(prefix))
+        .await
+        .expect("connect");
+    // A channel on the slots of the master about to die. Its name holds no
+    // character the key encoding changes, so its key is
+    // `<prefix>:signal:{<channel>}`.
+    let victim = cluster.master_of_slot(0).expect("a master serves slot 0");
+    let channel = (0..)
+        .map(|n| format!("w{n}"))
+        .find(|channel| {
+            let key = format!("{prefix}:signal:{{{channel}}}");
+            cluster.master_of_slot(key_slot(key.as_bytes())).ok() == Some(victim)
+        })
+        .expect("a channel on the victim's slots");
+    let mut watch = watcher
+        .signals()
+        .expect("redis has signals")
+        .watch(&channel)
+        .await
+        .expect("watch");
+    let send = sender.signals().expect("redis has signals");
+    send.signal(&channel).await.expect("signal before the kill");
+    assert_eq!(watch.recv().await, Some(()));
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster
+            .kill_master_and_wait_for_failover(victim)
+            .expect("a replica takes over");
+        cluster
+    })
+    .await
+    .expect("the failover thread");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no signal reached the watch within 20 s of the failover ({sent} sent)"
+        );
+        if send.signal(&channel).await.is_ok() {
+            sent += 1;
+        }
+        // Each try waits for its own signal a while before the next.
+        if let Ok(woken) = tokio::time::timeout(Duration::from_millis(200), watch.recv()).await {
+            assert_eq!(woken, Some(()), "the watch ended instead of being woken");
+            eprintln!("{test}: woken by signal {sent} after the failover");
+            break;
+        }
+    }
+    drop(cluster);
+}
