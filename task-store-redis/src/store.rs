@@ -271,10 +271,11 @@ async fn layout(conn: &Connection, options: &RedisStoreOptions, target: &str) ->
         && wanted != shards
     {
         return Err(ThreadStoreError::invalid_input(format!(
-            "the Redis store under the prefix {:?} at {target} has {shards} shards, recorded \
+            "the Redis store under the prefix {:?} at {target} has {shards} shard{}, recorded \
              when it was created; it was opened asking for {wanted}. Leave `shards` out to take \
              the recorded count (a store's shard count cannot change)",
-            options.prefix
+            options.prefix,
+            if shards == 1 { "" } else { "s" },
         )));
     }
     Ok(shards)

@@ -312,6 +312,63 @@ async fn the_layout_record_fixes_the_shard_count_of_a_store() {
     purge(&url, single.prefix()).await;
 }
 
+/// Stores connecting to a new prefix at once, some asking for 4 shards and
+/// some leaving the count to the record: one record is written, the first,
+/// and every store agrees with it; a store whose explicit count lost is
+/// refused, naming both counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_connecting_at_once_to_a_new_prefix_agree_on_one_record() {
+    let test = "stores_connecting_at_once_to_a_new_prefix_agree_on_one_record";
+    let Some(url) = shared_redis_url(test) else {
+        return;
+    };
+    for round in 0..5 {
+        let prefix = unique_prefix(test);
+        let connects = (0..8).map(|i| {
+            let options = RedisStoreOptions::default()
+                .with_prefix(&prefix)
+                .with_shards((i % 2 == 0).then_some(4));
+            let url = url.clone();
+            tokio::spawn(async move { (i, RedisStore::connect_with(&url, options).await) })
+        });
+        let mut outcomes = Vec::new();
+        for connect in connects {
+            outcomes.push(connect.await.expect("no panic"));
+        }
+        let mut conn = raw(&url).await;
+        let record = layout_record(&mut conn, &prefix)
+            .await
+            .expect("one store recorded the layout");
+        let recorded = match record.as_str() {
+            "layout=2 shards=4" => 4,
+            "layout=2 shards=1" => 1,
+            other => panic!("round {round}: unexpected record {other:?}"),
+        };
+        for (i, outcome) in outcomes {
+            let asked = (i % 2 == 0).then_some(4);
+            match outcome {
+                Ok(store) => {
+                    assert_eq!(store.shards(), recorded, "round {round}, store {i}");
+                    assert!(
+                        asked.is_none_or(|n| n == recorded),
+                        "round {round}, store {i}"
+                    );
+                }
+                Err(ThreadStoreError::InvalidInput { reason }) => {
+                    assert_eq!(asked, Some(4), "round {round}, store {i}: {reason}");
+                    assert_eq!(recorded, 1, "round {round}, store {i}: {reason}");
+                    assert!(
+                        reason.contains("has 1 shard,") && reason.contains("asking for 4"),
+                        "{reason}"
+                    );
+                }
+                Err(err) => panic!("round {round}, store {i}: {err:?}"),
+            }
+        }
+        purge(&url, &prefix).await;
+    }
+}
+
 #[tokio::test]
 async fn a_save_moving_a_thread_moves_its_index_entries_within_its_shard() {
     let test = "a_save_moving_a_thread_moves_its_index_entries_within_its_shard";
